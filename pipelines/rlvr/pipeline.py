@@ -1,0 +1,258 @@
+"""RLVR: reinforcement learning with verifiable rewards (GRPO).
+
+Paper: DeepSeekMath, Shao et al. 2024, arXiv:2402.03300 (GRPO, sec. 4.1). Each step samples a
+group of completions per prompt, scores them with rule rewards, normalises rewards within each
+group into advantages, and takes PPO-clip steps with an optional k3 KL penalty to the reference.
+
+    for step in steps:
+        prompts   = sampler.next(...)                    # data
+        rollouts  = rollout.generate(prompts)            # generate
+        rewards   = reward.compute_rewards(rollouts)     # reward
+        ref_logp  = reference.compute_ref_log_probs(...) # reference (only when kl_coef > 0)
+        adv       = compute_grpo_advantages(...)         # advantage
+        metrics   = actor.train_step(batch)              # train
+        rollout.update_weights(actor.publish_weights())  # sync
+        checkpoint every N steps                         # checkpoint
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from pipelines.rlvr.config import RLVRConfig
+from roll.algos import compute_grpo_advantages, group_reward_stats
+from roll.config.registry import register_pipeline
+from roll.controller import Batch, WorkerGroup
+from roll.data import PromptSampler, load_rows
+from roll.engines.base import SamplingParams
+from roll.jobs.checkpoint import CheckpointWriter, read_json, write_json
+from roll.jobs.local import RunContext
+from roll.models import load_tokenizer
+from roll.tracking import ConsoleProgress
+from workers.actor import ActorWorker
+from workers.reference import ReferenceWorker
+from workers.reward import RewardWorker
+from workers.rollout import RolloutWorker
+
+CONSOLE_KEYS = ["reward/mean", "actor/kl", "loss/policy", "time/step", "perf/tokens_per_s"]
+
+
+class StageTimer:
+    """``with timer("generate"):`` records seconds per named stage of the current step."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - start
+
+
+class ColocationSwitch:
+    """Reloads a role before its stage and offloads it after, when it shares devices."""
+
+    def __init__(self, groups: dict[str, WorkerGroup], ctx: RunContext) -> None:
+        shared = {name for roles in ctx.plan.device_groups().values() if len(roles) > 1 for name in roles}
+        self.groups = {name: g for name, g in groups.items() if name in shared}
+        for group in self.groups.values():
+            group.offload()
+
+    @contextmanager
+    def active(self, role: str) -> Iterator[None]:
+        group = self.groups.get(role)
+        if group is not None:
+            group.reload()
+        yield
+        if group is not None:
+            group.offload()
+
+
+def encode_prompts(rows: list[dict[str, Any]], tokenizer: Any, chat: bool | None) -> list[list[int]]:
+    use_chat = chat if chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    if use_chat:
+        return [
+            list(tokenizer.apply_chat_template(
+                [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True, tokenize=True,
+                return_dict=False,
+            ))
+            for r in rows
+        ]
+    return [tokenizer(r["prompt"], add_special_tokens=True)["input_ids"] for r in rows]
+
+
+def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
+    plan, total_opt_steps = ctx.plan, cfg.steps * cfg.train.epochs * cfg.train.mini_batches
+
+    def group(role: str, cls: type, **kwargs: Any) -> WorkerGroup:
+        return WorkerGroup(
+            cls,
+            role=role,
+            actor_options=ctx.placement.actor_options(role),
+            init_kwargs={"threads": plan.roles[role].threads, **kwargs} if role != "reward" else kwargs,
+        )
+
+    temp = cfg.rollout.temperature
+    groups = {
+        "actor": group(
+            "actor", ActorWorker, model=cfg.model, train=cfg.train, algo=cfg.algo, temperature=temp,
+            total_optimizer_steps=total_opt_steps, seed=cfg.seed,
+        ),
+        "rollout": group("rollout", RolloutWorker, model=cfg.model, seed=cfg.seed),
+        "reward": group("reward", RewardWorker, reward=cfg.reward, imports=cfg.imports),
+    }
+    if cfg.algo.kl_coef > 0:
+        groups["reference"] = group(
+            "reference", ReferenceWorker, model=cfg.model, temperature=temp,
+            micro_batch_size=cfg.train.micro_batch_size, seed=cfg.seed,
+        )
+    if groups["actor"].world_size > 1:
+        groups["actor"].init_distributed(groups["actor"].rendezvous_address())
+    return groups
+
+
+def build_prompt_batch(cfg: RLVRConfig, rows: list[dict], prompt_ids: list[list[int]], step: int) -> Batch:
+    g = cfg.rollout.group_size
+    sampling = SamplingParams(
+        max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop),
+    )
+    return Batch.from_dict(
+        tensors={"group_ids": torch.arange(len(rows)).repeat_interleave(g)},
+        non_tensors={
+            "prompt_ids": [ids for ids in prompt_ids for _ in range(g)],
+            "row": [row for row in rows for _ in range(g)],
+            "sample_id": [f"{step}:{row['id']}:{k}" for row in rows for k in range(g)],
+        },
+        meta={"sampling": sampling, "prompt_width": max(len(ids) for ids in prompt_ids)},
+    )
+
+
+def step_metrics(batch: Batch, train: dict[str, float], reward_names: list[str]) -> dict[str, float]:
+    t = batch.tensors
+    rewards, lengths = t["rewards"], t["response_mask"].sum(-1).float()
+    stats = group_reward_stats(rewards, t["group_ids"])
+    metrics = {
+        "reward/mean": rewards.mean().item(),
+        "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
+        **{f"reward/{n}": t[f"reward/{n}"].mean().item() for n in reward_names},
+        "groups/zero_std_share": stats["zero_std_group_share"],
+        "response/length_mean": lengths.mean().item(),
+        "response/length_max": lengths.max().item(),
+        "response/truncated_share": sum(r == "length" for r in batch.non_tensors["finish_reason"]) / len(batch),
+        "reward/error_count": float(sum(bool(e) for e in batch.non_tensors["reward_error"])),
+        **train,
+    }
+    metrics["actor/kl"] = train.get("loss/kl", 0.0)
+    return metrics
+
+
+def save_checkpoint(cfg: RLVRConfig, ctx: RunContext, groups, sampler: PromptSampler, step: int) -> None:
+    with CheckpointWriter(ctx.checkpoint_root, step, keep_last=cfg.checkpoint.keep_last) as writer:
+        for role in ("actor", "rollout"):
+            groups[role].save_checkpoint(str(writer.tmp_dir))
+        write_json(writer.tmp_dir / "driver.json", {"step": step, "sampler": sampler.state_dict()})
+    ctx.tracker.event("checkpoint", f"saved step {step}", step=step)
+
+
+def load_checkpoint(ctx: RunContext, groups, sampler: PromptSampler) -> int:
+    folder = ctx.resume_from
+    for role in ("actor", "rollout"):
+        groups[role].load_checkpoint(str(folder))
+    state = read_json(folder / "driver.json")
+    sampler.load_state_dict(state["sampler"])
+    ctx.store.truncate_after(ctx.run_id, state["step"])
+    return int(state["step"])
+
+
+def sync_weights(groups: dict[str, WorkerGroup], switch: ColocationSwitch) -> None:
+    with switch.active("actor"):
+        refs = groups["actor"].publish_weights()
+    with switch.active("rollout"):
+        groups["rollout"].update_weights(refs)
+
+
+@register_pipeline("rlvr", config=RLVRConfig, description="GRPO on verifiable rewards")
+def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
+    tokenizer = load_tokenizer(cfg.model)
+    sampler = PromptSampler(load_rows(cfg.data), seed=cfg.seed, shuffle=cfg.data.shuffle)
+    groups = start_workers(cfg, ctx)
+    switch = ColocationSwitch(groups, ctx)
+    start_step = load_checkpoint(ctx, groups, sampler) if ctx.resume_from else 0
+    sync_weights(groups, switch)
+    reward_names = [f.name for f in cfg.reward.functions]
+    console = ConsoleProgress(cfg.steps, start_step=start_step, keys=CONSOLE_KEYS, stream=ctx.stream)
+    metrics: dict[str, float] = {}
+    run_start = time.perf_counter()
+    for step in range(start_step + 1, cfg.steps + 1):
+        timer, step_start = StageTimer(), time.perf_counter()
+        with timer("data"):
+            rows = sampler.next(cfg.rollout.prompts_per_step)
+            batch = build_prompt_batch(cfg, rows, encode_prompts(rows, tokenizer, cfg.data.chat_template), step)
+        with timer("generate"), switch.active("rollout"):
+            batch = batch.union(groups["rollout"].generate(batch))
+        with timer("reward"):
+            batch = batch.union(groups["reward"].compute_rewards(batch.select("response_text", "row")))
+        if "reference" in groups:
+            with timer("reference"), switch.active("reference"):
+                batch = batch.union(groups["reference"].compute_ref_log_probs(batch.select(*TRAIN_INPUTS)))
+        with timer("advantage"):
+            adv = compute_grpo_advantages(
+                batch.tensors["rewards"], batch.tensors["group_ids"], norm_by_std=cfg.algo.norm_adv_by_std
+            )
+            batch = batch.union(Batch.from_dict(tensors={"advantages": adv}))
+        with timer("train"), switch.active("actor"):
+            if cfg.algo.recompute_old_logprobs:
+                batch = batch.union(groups["actor"].compute_log_probs(batch.select(*TRAIN_INPUTS)))
+            else:
+                batch = batch.union(Batch.from_dict(tensors={"old_logprobs": batch.tensors["rollout_logprobs"]}))
+            keys = [*TRAIN_INPUTS, "old_logprobs", "advantages"] + (["ref_logprobs"] if "reference" in groups else [])
+            train_metrics = groups["actor"].train_step(batch.select(*keys))
+        with timer("sync"):
+            sync_weights(groups, switch)
+        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or (
+            step == cfg.steps and cfg.checkpoint.save_final
+        ):
+            with timer("checkpoint"):
+                save_checkpoint(cfg, ctx, groups, sampler, step)
+        step_time = time.perf_counter() - step_start
+        metrics = step_metrics(batch, train_metrics, reward_names) | timer.times
+        metrics["time/step"] = step_time
+        metrics["perf/tokens_per_s"] = float(batch.tensors["response_mask"].sum()) / step_time
+        metrics["perf/samples_per_s"] = len(batch) / step_time
+        ctx.tracker.log(step, metrics)
+        ctx.store.log_rollouts(ctx.run_id, step, rollout_rows(batch, cfg.tracking.rollouts_per_step))
+        console.log(step, metrics)
+    if cfg.checkpoint.export_model:
+        export = ctx.run_dir / "model"
+        groups["actor"].save_pretrained(str(export))
+    summary_line = console.summary(metrics)
+    console.close()
+    ctx.summary.update(final_metrics=metrics, summary_line=summary_line, seconds=time.perf_counter() - run_start)
+    for group in groups.values():
+        group.kill()
+
+
+TRAIN_INPUTS = ("input_ids", "attention_mask", "response_mask")
+
+
+def rollout_rows(batch: Batch, limit: int | None) -> list[dict[str, Any]]:
+    t, nt = batch.tensors, batch.non_tensors
+    n = len(batch) if limit is None else min(limit, len(batch))
+    return [
+        {
+            "sample_id": nt["sample_id"][i],
+            "group_id": int(t["group_ids"][i]),
+            "prompt": nt["row"][i]["prompt"],
+            "response": nt["response_text"][i],
+            "reward": float(t["rewards"][i]),
+            "advantage": float(t["advantages"][i]),
+            "state": "done",
+        }
+        for i in range(n)
+    ]

@@ -1,0 +1,44 @@
+"""Config of the training engine (optimizer, schedule, micro-batching)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from roll.config.base import ConfigBase
+
+
+class OptimConfig(ConfigBase):
+    """AdamW, LR schedule, gradient clipping and how a train batch is cut into pieces."""
+
+    engine: Literal["torch"] = Field(
+        "torch", description="Training backend. 'torch' runs on CPU and GPU; deepspeed comes later."
+    )
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate of AdamW.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    max_grad_norm: float | None = Field(
+        1.0, description="Clip the global gradient norm to this value; null disables clipping."
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Decay after warmup, over all optimizer steps of the run."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear LR warmup.")
+    epochs: int = Field(1, ge=1, description="Passes over each rollout batch (PPO epochs).")
+    mini_batches: int = Field(
+        1, ge=1, description="Optimizer steps per epoch: the batch is cut into this many pieces."
+    )
+    micro_batch_size: int = Field(
+        64, ge=1, description="Rows per forward/backward; gradients accumulate over a mini-batch."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch threads in training workers; null takes the device plan's."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimConfig":
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError("train.max_grad_norm must be > 0, or null to disable clipping")
+        return self

@@ -1,0 +1,5 @@
+"""Reward functions by registered name (rule rewards built in)."""
+
+from roll.rewards.registry import RewardConfig, RewardFnConfig, get_reward, register_reward, reward_names
+
+__all__ = ["RewardConfig", "RewardFnConfig", "get_reward", "register_reward", "reward_names"]

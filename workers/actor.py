@@ -1,0 +1,132 @@
+"""The actor role: the policy being trained (torch engine), and the source of weight syncs."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+
+from roll.algos import broadcast_to_tokens, grpo_loss
+from roll.controller import Batch, Dispatch, Worker, register
+from roll.engines.config import OptimConfig
+from roll.engines.logprobs import response_logprobs
+from roll.engines.torch_engine import TorchTrainEngine
+from roll.models.config import ModelConfig
+from workers.common import load_rng, load_model, mean_metrics, rank_folder, save_rng, setup_process
+
+
+class ActorWorker(Worker):
+    """Trains the policy with a clipped policy-gradient loss (GRPO family) on rollout batches."""
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        role: str,
+        *,
+        model: ModelConfig,
+        train: OptimConfig,
+        algo: Any,
+        temperature: float,
+        total_optimizer_steps: int,
+        seed: int,
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(rank, world_size, role)
+        setup_process(train.threads or threads, seed + rank)
+        self.algo = algo
+        self.temperature = temperature
+        net, self.tokenizer = load_model(model, self.device)
+        self.engine = TorchTrainEngine(net, train, total_optimizer_steps, role)
+
+    # ---- data-parallel setup -------------------------------------------------------------------
+    @register(Dispatch.RANK_ZERO)
+    def rendezvous_address(self) -> str:
+        """tcp:// address (this node, a free port) for torch.distributed's gloo/NCCL group."""
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    @register(Dispatch.ONE_TO_ALL)
+    def init_distributed(self, address: str) -> None:
+        backend = "nccl" if self.device == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=address, rank=self.rank, world_size=self.world_size)
+
+    # ---- compute -------------------------------------------------------------------------------
+    @register(Dispatch.SPLIT_BY_DP)
+    def compute_log_probs(self, batch: Batch) -> Batch:
+        logprobs = self.engine.forward_logprobs(batch.tensors, self.temperature)
+        return Batch.from_dict(tensors={"old_logprobs": logprobs * batch.tensors["response_mask"]})
+
+    @register(Dispatch.SPLIT_BY_DP, collect=mean_metrics)
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        tensors = dict(batch.tensors)
+        mask = tensors["response_mask"].float()
+        tensors["token_advantages"] = broadcast_to_tokens(tensors["advantages"], mask)
+        tensors["row_weight"] = (mask.sum(-1) > 0).float()
+        weight_key = "response_mask" if self.algo.loss_agg == "token-mean" else "row_weight"
+        return self.engine.train_step(tensors, self._loss, weight_key)
+
+    def _loss(self, model: torch.nn.Module, micro: dict[str, torch.Tensor]):
+        logp = response_logprobs(
+            model,
+            micro["input_ids"],
+            micro["attention_mask"],
+            micro["response_mask"].shape[1],
+            self.temperature,
+        )
+        loss, stats = grpo_loss(
+            logp,
+            micro["old_logprobs"],
+            micro.get("ref_logprobs"),
+            micro["token_advantages"],
+            micro["response_mask"].float(),
+            clip_eps_low=self.algo.clip_eps_low,
+            clip_eps_high=self.algo.clip_eps_high,
+            kl_coef=self.algo.kl_coef,
+            kl_kind=self.algo.kl_kind,
+            agg=self.algo.loss_agg,
+        )
+        return loss, {k: float(v) for k, v in stats.items()}
+
+    # ---- weights, checkpoints, offload ---------------------------------------------------------
+    @register(Dispatch.RANK_ZERO)
+    def publish_weights(self) -> list:
+        """Put the weights (numpy) in the object store; returns [ref] so Ray passes the ref
+        itself to the receivers instead of pulling the data through the driver."""
+        return [ray.put(self.engine.state_dict_numpy())]
+
+    @register(Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, root: str) -> None:
+        folder = rank_folder(root, self.role, self.rank)
+        self.engine.save_checkpoint(folder)
+        save_rng(folder)
+
+    @register(Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, root: str) -> None:
+        folder = rank_folder(root, self.role, self.rank)
+        self.engine.load_checkpoint(folder)
+        load_rng(folder)
+
+    @register(Dispatch.ONE_TO_ALL)
+    def save_pretrained(self, folder: str) -> None:
+        if self.rank == 0:
+            self.engine.model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+    @register(Dispatch.ONE_TO_ALL)
+    def offload(self) -> dict:
+        return self.engine.offload()
+
+    @register(Dispatch.ONE_TO_ALL)
+    def reload(self) -> dict:
+        return self.engine.reload()
+
+    @register(Dispatch.RANK_ZERO)
+    def parameter_checksum(self) -> float:
+        """Sum of all weights in float64: a cheap fingerprint for logs and tests."""
+        return float(sum(p.detach().double().sum() for p in self.engine.model.parameters()))

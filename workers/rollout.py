@@ -1,0 +1,94 @@
+"""The rollout role: samples completions with per-token log-probs (HF generate engine)."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from roll.controller import Batch, Dispatch, Worker, register
+from roll.engines.base import SamplingParams
+from roll.engines.hf_engine import HFInferEngine
+from roll.models.config import ModelConfig
+from workers.common import load_model, load_rng, rank_folder, save_rng, setup_process
+
+
+class RolloutWorker(Worker):
+    """Generates responses for tokenised prompts; its weights follow the actor's."""
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        role: str,
+        *,
+        model: ModelConfig,
+        seed: int,
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(rank, world_size, role)
+        setup_process(threads, seed + 1000 + rank)
+        net, self.tokenizer = load_model(model, self.device)
+        self.engine = HFInferEngine(net, self.tokenizer, role)
+
+    @register(Dispatch.SPLIT_BY_DP)
+    def generate(self, batch: Batch) -> Batch:
+        """batch.non_tensors["prompt_ids"]: token id lists; meta: "sampling" (SamplingParams) and
+        "prompt_width" (the left-padded prompt width shared by every rank, so chunks concat).
+
+        Returns input_ids/attention_mask [B, P+R] (prompt left-padded, response right-padded to
+        max_new_tokens), response_mask [B, R], rollout_logprobs [B, R], response_text, finish_reason.
+        """
+        params: SamplingParams = batch.meta["sampling"]
+        width: int = batch.meta["prompt_width"]
+        prompts = batch.non_tensors["prompt_ids"]
+        out = self.engine.generate(prompts, params)
+        rows, r_max = len(prompts), params.max_new_tokens
+        pad = self.engine.pad_id
+        response = torch.full((rows, r_max), pad, dtype=torch.long)
+        resp_mask = torch.zeros((rows, r_max), dtype=torch.bool)
+        logprobs = torch.zeros((rows, r_max), dtype=torch.float32)
+        got = out.response_ids.shape[1]
+        response[:, :got], resp_mask[:, :got], logprobs[:, :got] = (
+            out.response_ids,
+            out.response_mask,
+            out.logprobs,
+        )
+        prompt_ids = torch.full((rows, width), pad, dtype=torch.long)
+        prompt_mask = torch.zeros((rows, width), dtype=torch.long)
+        for i, ids in enumerate(prompts):
+            prompt_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            prompt_mask[i, width - len(ids) :] = 1
+        texts = self.tokenizer.batch_decode(
+            [row[: int(m.sum())] for row, m in zip(response.tolist(), resp_mask)],
+            skip_special_tokens=True,
+        )
+        return Batch.from_dict(
+            tensors={
+                "input_ids": torch.cat([prompt_ids, response], dim=1),
+                "attention_mask": torch.cat([prompt_mask, resp_mask.long()], dim=1),
+                "response_mask": resp_mask,
+                "rollout_logprobs": logprobs,
+            },
+            non_tensors={"response_text": texts, "finish_reason": out.finish_reasons},
+        )
+
+    @register(Dispatch.ONE_TO_ALL)
+    def update_weights(self, refs: list) -> int:
+        """Load the actor's weights from the object store ([ref] from publish_weights)."""
+        return self.engine.update_weights(ray.get(refs[0]))
+
+    @register(Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, root: str) -> None:
+        save_rng(rank_folder(root, self.role, self.rank))
+
+    @register(Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, root: str) -> None:
+        load_rng(rank_folder(root, self.role, self.rank))
+
+    @register(Dispatch.ONE_TO_ALL)
+    def offload(self) -> dict:
+        return self.engine.offload()
+
+    @register(Dispatch.ONE_TO_ALL)
+    def reload(self) -> dict:
+        return self.engine.reload()
