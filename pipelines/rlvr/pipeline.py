@@ -32,6 +32,7 @@ from roll.engines.base import SamplingParams
 from roll.jobs.checkpoint import CheckpointWriter, read_json, write_json
 from roll.jobs.local import RunContext
 from roll.models import load_tokenizer
+from roll.models.sources import prepare_model_source
 from roll.tracking import ConsoleProgress
 from workers.actor import ActorWorker
 from workers.reference import ReferenceWorker
@@ -179,6 +180,7 @@ def sync_weights(groups: dict[str, WorkerGroup], switch: ColocationSwitch) -> No
 
 @register_pipeline("rlvr", config=RLVRConfig, description="GRPO on verifiable rewards")
 def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
+    prepare_model_source(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     sampler = PromptSampler(load_rows(cfg.data), seed=cfg.seed, shuffle=cfg.data.shuffle)
     groups = start_workers(cfg, ctx)

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from roll.errors import ModelSourceError
 from roll.models.config import ModelConfig
-from roll.models.smollm2 import load_smollm2, load_smollm2_tokenizer
+from roll.models.smollm2 import find_gguf_file, is_complete_cache, load_smollm2, load_smollm2_tokenizer
 from roll.models.tiny import build_tiny_model
 from roll.models.tokenizer import build_tokenizer, load_tokenizer_folder
 
@@ -42,6 +42,15 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrai
     else:
         model, tokenizer = load_smollm2(cfg.smollm2_cache_dir)
     return model.to(TORCH_DTYPES[cfg.dtype]).eval(), _ready_for_generation(tokenizer)
+
+
+def prepare_model_source(cfg: ModelConfig) -> None:
+    """Do once, in the driver, what every worker would otherwise repeat: for ``smollm2``, convert
+    the GGUF into the plain HF cache folder (workers then load it in under a second)."""
+    if cfg.source == "smollm2":
+        gguf = find_gguf_file()
+        if not is_complete_cache(cfg.smollm2_cache_dir, gguf):
+            load_smollm2(cfg.smollm2_cache_dir)
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:

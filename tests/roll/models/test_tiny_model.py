@@ -146,3 +146,11 @@ def test_generate_logprobs_match_teacher_forced_forward(tok, arch, positions):
     valid = (is_eos.cumsum(-1) - is_eos.long()) == 0
     assert valid.sum() >= 10
     assert_close(tf_logprobs[valid], gen_logprobs[valid], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("vocab", ["arithmetic", "digits"])
+def test_every_named_vocabulary_round_trips(vocab):
+    tok = build_tokenizer(vocab)
+    assert TinyModelConfig(vocab=vocab).vocab == vocab
+    assert tok.decode(tok.encode("3 + 4 = 7"), skip_special_tokens=True) == "3 + 4 = 7"
+    assert tok.convert_ids_to_tokens([0, 1, 2, 3]) == ["<pad>", "<unk>", "<bos>", "<eos>"]
