@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from roll.devices.offload import OffloadManager
 from roll.engines.base import GenerationOutput, SamplingParams
@@ -54,6 +55,27 @@ def response_lengths(
     return lengths, reasons
 
 
+class StopOnStrings(StoppingCriteria):
+    """Ends a row once its response text contains a stop string.
+
+    HF's own ``stop_strings`` precomputes token/byte tables that assume a byte-level BPE and
+    fails on other tokenizers (e.g. word-level ones); decoding the tail of each response works
+    with any tokenizer. A stop string of c characters spans at most c tokens, so only the last
+    c + 2 tokens are decoded each step.
+    """
+
+    def __init__(self, stops: tuple[str, ...], prompt_width: int, tokenizer: Any) -> None:
+        self.stops = stops
+        self.prompt_width = prompt_width
+        self.tokenizer = tokenizer
+        self.window = max(len(s) for s in stops) + 2
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        tails = input_ids[:, self.prompt_width :][:, -self.window :].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+
+
 class HFInferEngine:
     """Samples from ``model`` with HF generate (KV cache, batched)."""
 
@@ -88,7 +110,11 @@ class HFInferEngine:
         if not greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
         if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+            kwargs.update(
+                stopping_criteria=StoppingCriteriaList(
+                    [StopOnStrings(params.stop, input_ids.shape[1], self.tokenizer)]
+                )
+            )
         out = self.model.generate(**kwargs)
         response = out.sequences[:, input_ids.shape[1] :].cpu()
         logits = torch.stack(out.logits, dim=1)  # [B, R, V] raw
