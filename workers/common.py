@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 
 from roll.models import load_model_and_tokenizer
 from roll.models.config import ModelConfig
@@ -23,6 +24,7 @@ def setup_process(threads: int | None, seed: int) -> None:
     """Thread count (Ray sets OMP_NUM_THREADS=1 in small actors) and a per-worker seed."""
     if threads:
         torch.set_num_threads(threads)
+    transformers.utils.logging.disable_progress_bar()  # no per-worker bars in the driver's log
     seed_everything(seed)
 
 

@@ -70,7 +70,8 @@ def _start_ray(job: LoadedJob) -> bool:
     if "address" not in kwargs:
         kwargs.update(include_dashboard=False)
     # Workers import the same code as the driver (an editable install or this checkout).
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")]))}}
+    path = os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")]))
+    env = {"env_vars": {"PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
     ray.init(log_to_driver=True, logging_level="ERROR", runtime_env=env, **kwargs)
     return True
 
