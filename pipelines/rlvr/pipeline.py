@@ -56,13 +56,22 @@ class StageTimer:
 
 
 class ColocationSwitch:
-    """Reloads a role before its stage and offloads it after, when it shares devices."""
+    """Reloads a role before its stage and offloads it after, when it shares devices.
+
+    Counts the bytes each switch moves (from the workers' offload state machines), reported per
+    step as ``offload/bytes_moved``.
+    """
 
     def __init__(self, groups: dict[str, WorkerGroup], ctx: RunContext) -> None:
         shared = {name for roles in ctx.plan.device_groups().values() if len(roles) > 1 for name in roles}
         self.groups = {name: g for name, g in groups.items() if name in shared}
-        for group in self.groups.values():
-            group.offload()
+        self.moved: dict[str, int] = {}
+        self.reported = 0
+        for name, group in self.groups.items():
+            self._record(name, group.offload())
+
+    def _record(self, role: str, stats: list[dict]) -> None:
+        self.moved[role] = sum(s["bytes_moved_total"] for s in stats)
 
     @contextmanager
     def active(self, role: str) -> Iterator[None]:
@@ -71,7 +80,12 @@ class ColocationSwitch:
             group.reload()
         yield
         if group is not None:
-            group.offload()
+            self._record(role, group.offload())
+
+    def step_metrics(self) -> dict[str, float]:
+        total = sum(self.moved.values())
+        delta, self.reported = total - self.reported, total
+        return {"offload/bytes_moved": float(delta)}
 
 
 def encode_prompts(rows: list[dict[str, Any]], tokenizer: Any, chat: bool | None) -> list[list[int]]:
@@ -128,7 +142,8 @@ def build_prompt_batch(cfg: RLVRConfig, rows: list[dict], prompt_ids: list[list[
         non_tensors={
             "prompt_ids": [ids for ids in prompt_ids for _ in range(g)],
             "row": [row for row in rows for _ in range(g)],
-            "sample_id": [f"{step}:{row['id']}:{k}" for row in rows for k in range(g)],
+            # the same row can appear twice in a step (epoch boundary): the slot i keeps ids unique
+            "sample_id": [f"{step}:{i}:{row['id']}:{k}" for i, row in enumerate(rows) for k in range(g)],
         },
         meta={"sampling": sampling, "prompt_width": max(len(ids) for ids in prompt_ids)},
     )
@@ -223,7 +238,7 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
             with timer("checkpoint"):
                 save_checkpoint(cfg, ctx, groups, sampler, step)
         step_time = time.perf_counter() - step_start
-        metrics = step_metrics(batch, train_metrics, reward_names) | timer.times
+        metrics = step_metrics(batch, train_metrics, reward_names) | timer.times | switch.step_metrics()
         metrics["time/step"] = step_time
         metrics["perf/tokens_per_s"] = float(batch.tensors["response_mask"].sum()) / step_time
         metrics["perf/samples_per_s"] = len(batch) / step_time
