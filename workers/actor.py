@@ -15,7 +15,7 @@ from roll.engines.config import OptimConfig
 from roll.engines.logprobs import response_logprobs
 from roll.engines.torch_engine import TorchTrainEngine
 from roll.models.config import ModelConfig
-from workers.common import load_rng, load_model, mean_metrics, rank_folder, save_rng, setup_process
+from workers.common import load_model, load_rng, mean_metrics, rank_folder, save_rng, setup_process
 
 
 class ActorWorker(Worker):

@@ -28,7 +28,7 @@ class RewardWorker(Worker):
         totals = torch.zeros(len(texts), dtype=torch.float32)
         per_term = {name: torch.zeros(len(texts), dtype=torch.float32) for name, *_ in self.terms}
         errors: list[str] = [""] * len(texts)
-        for i, (text, row) in enumerate(zip(texts, rows)):
+        for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
             for name, weight, params, fn in self.terms:
                 try:
                     score = float(fn(text, row, **params))

@@ -59,7 +59,7 @@ class RolloutWorker(Worker):
             prompt_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             prompt_mask[i, width - len(ids) :] = 1
         texts = self.tokenizer.batch_decode(
-            [row[: int(m.sum())] for row, m in zip(response.tolist(), resp_mask)],
+            [row[: int(m.sum())] for row, m in zip(response.tolist(), resp_mask, strict=True)],
             skip_special_tokens=True,
         )
         return Batch.from_dict(

@@ -92,10 +92,14 @@ def encode_prompts(rows: list[dict[str, Any]], tokenizer: Any, chat: bool | None
     use_chat = chat if chat is not None else bool(getattr(tokenizer, "chat_template", None))
     if use_chat:
         return [
-            list(tokenizer.apply_chat_template(
-                [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True, tokenize=True,
-                return_dict=False,
-            ))
+            list(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": r["prompt"]}],
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
+                )
+            )
             for r in rows
         ]
     return [tokenizer(r["prompt"], add_special_tokens=True)["input_ids"] for r in rows]
@@ -115,16 +119,26 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
     temp = cfg.rollout.temperature
     groups = {
         "actor": group(
-            "actor", ActorWorker, model=cfg.model, train=cfg.train, algo=cfg.algo, temperature=temp,
-            total_optimizer_steps=total_opt_steps, seed=cfg.seed,
+            "actor",
+            ActorWorker,
+            model=cfg.model,
+            train=cfg.train,
+            algo=cfg.algo,
+            temperature=temp,
+            total_optimizer_steps=total_opt_steps,
+            seed=cfg.seed,
         ),
         "rollout": group("rollout", RolloutWorker, model=cfg.model, seed=cfg.seed),
         "reward": group("reward", RewardWorker, reward=cfg.reward, imports=cfg.imports),
     }
     if cfg.algo.kl_coef > 0:
         groups["reference"] = group(
-            "reference", ReferenceWorker, model=cfg.model, temperature=temp,
-            micro_batch_size=cfg.train.micro_batch_size, seed=cfg.seed,
+            "reference",
+            ReferenceWorker,
+            model=cfg.model,
+            temperature=temp,
+            micro_batch_size=cfg.train.micro_batch_size,
+            seed=cfg.seed,
         )
     if groups["actor"].world_size > 1:
         groups["actor"].init_distributed(groups["actor"].rendezvous_address())
@@ -134,8 +148,11 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
 def build_prompt_batch(cfg: RLVRConfig, rows: list[dict], prompt_ids: list[list[int]], step: int) -> Batch:
     g = cfg.rollout.group_size
     sampling = SamplingParams(
-        max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop),
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        top_k=cfg.rollout.top_k,
+        stop=tuple(cfg.rollout.stop),
     )
     return Batch.from_dict(
         tensors={"group_ids": torch.arange(len(rows)).repeat_interleave(g)},
@@ -160,7 +177,8 @@ def step_metrics(batch: Batch, train: dict[str, float], reward_names: list[str])
         "groups/zero_std_share": stats["zero_std_group_share"],
         "response/length_mean": lengths.mean().item(),
         "response/length_max": lengths.max().item(),
-        "response/truncated_share": sum(r == "length" for r in batch.non_tensors["finish_reason"]) / len(batch),
+        "response/truncated_share": sum(r == "length" for r in batch.non_tensors["finish_reason"])
+        / len(batch),
         "reward/error_count": float(sum(bool(e) for e in batch.non_tensors["reward_error"])),
         **train,
     }
@@ -210,7 +228,9 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
         timer, step_start = StageTimer(), time.perf_counter()
         with timer("data"):
             rows = sampler.next(cfg.rollout.prompts_per_step)
-            batch = build_prompt_batch(cfg, rows, encode_prompts(rows, tokenizer, cfg.data.chat_template), step)
+            batch = build_prompt_batch(
+                cfg, rows, encode_prompts(rows, tokenizer, cfg.data.chat_template), step
+            )
         with timer("generate"), switch.active("rollout"):
             batch = batch.union(groups["rollout"].generate(batch))
         with timer("reward"):
@@ -227,8 +247,12 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
             if cfg.algo.recompute_old_logprobs:
                 batch = batch.union(groups["actor"].compute_log_probs(batch.select(*TRAIN_INPUTS)))
             else:
-                batch = batch.union(Batch.from_dict(tensors={"old_logprobs": batch.tensors["rollout_logprobs"]}))
-            keys = [*TRAIN_INPUTS, "old_logprobs", "advantages"] + (["ref_logprobs"] if "reference" in groups else [])
+                batch = batch.union(
+                    Batch.from_dict(tensors={"old_logprobs": batch.tensors["rollout_logprobs"]})
+                )
+            keys = [*TRAIN_INPUTS, "old_logprobs", "advantages"] + (
+                ["ref_logprobs"] if "reference" in groups else []
+            )
             train_metrics = groups["actor"].train_step(batch.select(*keys))
         with timer("sync"):
             sync_weights(groups, switch)
@@ -250,7 +274,9 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
         groups["actor"].save_pretrained(str(export))
     summary_line = console.summary(metrics)
     console.close()
-    ctx.summary.update(final_metrics=metrics, summary_line=summary_line, seconds=time.perf_counter() - run_start)
+    ctx.summary.update(
+        final_metrics=metrics, summary_line=summary_line, seconds=time.perf_counter() - run_start
+    )
     for group in groups.values():
         group.kill()
 

@@ -51,8 +51,7 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: KLKind = "k3") -> Tensor:
     """
     if logp.shape != ref_logp.shape:
         raise ValueError(
-            f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and "
-            f"{tuple(ref_logp.shape)}"
+            f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}"
         )
     if kind == "k1":
         return logp - ref_logp

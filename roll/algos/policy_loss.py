@@ -83,8 +83,7 @@ def aggregate_loss(values: Tensor, mask: Tensor, mode: LossAgg) -> Tensor:
     """
     if values.dim() != 2 or values.shape != mask.shape:
         raise ValueError(
-            f"values and mask must both be [B, T], got {tuple(values.shape)} and "
-            f"{tuple(mask.shape)}"
+            f"values and mask must both be [B, T], got {tuple(values.shape)} and {tuple(mask.shape)}"
         )
     mask = mask.to(values.dtype)
     if mode == "token-mean":
@@ -97,8 +96,7 @@ def aggregate_loss(values: Tensor, mask: Tensor, mode: LossAgg) -> Tensor:
     if mode == "seq-mean-token-sum":
         return seq_sum.mean() if seq_sum.numel() else seq_sum.sum()
     raise ValueError(
-        f"unknown loss aggregation {mode!r}; use 'token-mean', 'seq-mean-token-mean' or "
-        "'seq-mean-token-sum'"
+        f"unknown loss aggregation {mode!r}; use 'token-mean', 'seq-mean-token-mean' or 'seq-mean-token-sum'"
     )
 
 
@@ -208,8 +206,7 @@ def grpo_loss(
     if ref_logp is None:
         if kl_coef != 0:
             raise ValueError(
-                f"kl_coef is {kl_coef} but ref_logp is None; pass the reference log-probs or set "
-                "kl_coef to 0"
+                f"kl_coef is {kl_coef} but ref_logp is None; pass the reference log-probs or set kl_coef to 0"
             )
         kl = torch.zeros((), dtype=policy_loss.dtype, device=policy_loss.device)
     else:

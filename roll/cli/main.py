@@ -40,14 +40,18 @@ def _load(job: Path, overrides: list[str]):
 
 
 JobArg = typer.Argument(..., help="Path to a YAML job file.", metavar="JOB.yaml")
-OverridesArg = typer.Argument(None, help="Overrides KEY=VALUE, e.g. rollout.group_size=8", metavar="[KEY=VALUE]...")
+OverridesArg = typer.Argument(
+    None, help="Overrides KEY=VALUE, e.g. rollout.group_size=8", metavar="[KEY=VALUE]..."
+)
 
 
 @app.command()
 def run(
     job: Path = JobArg,
     overrides: Optional[list[str]] = OverridesArg,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last complete checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the run folder's last complete checkpoint."
+    ),
 ) -> None:
     """Run a job locally on an embedded Ray (or the cluster named in cluster.address)."""
     from roll.jobs.local import run_job

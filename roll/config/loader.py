@@ -103,8 +103,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> None:
 def _list_index(node: list, part: str, path: list[str]) -> int:
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(
-            f"override: {'.'.join(path)} indexes a list of {len(node)} items; use an index below "
-            f"{len(node)}"
+            f"override: {'.'.join(path)} indexes a list of {len(node)} items; use an index below {len(node)}"
         )
     return int(part)
 
@@ -140,9 +139,7 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(cls, "model_fields", {}))
 
 
-def format_validation_error(
-    exc: ValidationError, data: Any, model_cls: type[BaseModel], source: str
-) -> str:
+def format_validation_error(exc: ValidationError, data: Any, model_cls: type[BaseModel], source: str) -> str:
     lines = [f"{source}: invalid job config ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))

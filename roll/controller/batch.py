@@ -215,9 +215,7 @@ class Batch:
             raise ValueError("Batch.concat needs at least one batch")
         first = batches[0]
         for i, batch in enumerate(batches[1:], start=1):
-            if set(batch.tensors) != set(first.tensors) or set(batch.non_tensors) != set(
-                first.non_tensors
-            ):
+            if set(batch.tensors) != set(first.tensors) or set(batch.non_tensors) != set(first.non_tensors):
                 raise ValueError(
                     f"Batch.concat: batch {i} has columns {sorted(batch.keys())} but batch 0 has "
                     f"{sorted(first.keys())}"
@@ -233,8 +231,7 @@ class Batch:
                 )
             tensors[key] = torch.cat(parts, dim=0)
         non_tensors = {
-            key: [item for batch in batches for item in batch.non_tensors[key]]
-            for key in first.non_tensors
+            key: [item for batch in batches for item in batch.non_tensors[key]] for key in first.non_tensors
         }
         return Batch(tensors=tensors, non_tensors=non_tensors, meta=dict(first.meta))
 
@@ -369,11 +366,7 @@ def _values_equal(a: Any, b: Any) -> bool:
     if a is b:
         return True
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and _tensors_bitwise_equal(a, b)
-        )
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and _tensors_bitwise_equal(a, b)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return bool(np.array_equal(a, b))
     try:

@@ -164,9 +164,7 @@ def _plan_split_by_dp(n_workers: int, args: tuple, kwargs: dict) -> CallPlan:
         )
     length = len(batches[0])
     if any(len(b) != length for b in batches):
-        raise ValueError(
-            f"SPLIT_BY_DP Batch arguments have different lengths {[len(b) for b in batches]}"
-        )
+        raise ValueError(f"SPLIT_BY_DP Batch arguments have different lengths {[len(b) for b in batches]}")
     pad = 0
 
     def chunks(value: Any) -> list[Any]:

@@ -167,9 +167,7 @@ class WorkerGroup:
         start_timeout_s: float | None = 300.0,
     ) -> None:
         if not (inspect.isclass(worker_cls) and issubclass(worker_cls, Worker)):
-            raise TypeError(
-                f"WorkerGroup needs a roll.controller.Worker subclass, got {worker_cls!r}"
-            )
+            raise TypeError(f"WorkerGroup needs a roll.controller.Worker subclass, got {worker_cls!r}")
         if not actor_options:
             raise ValueError(f"WorkerGroup '{role}' needs at least one entry in actor_options")
         self.role = role
@@ -293,11 +291,7 @@ class WorkerGroup:
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: explain unregistered worker methods.
         worker_cls = self.__dict__.get("worker_cls")
-        if (
-            worker_cls is not None
-            and not name.startswith("__")
-            and callable(getattr(worker_cls, name, None))
-        ):
+        if worker_cls is not None and not name.startswith("__") and callable(getattr(worker_cls, name, None)):
             raise AttributeError(
                 f"{worker_cls.__name__}.{name} is not callable through a WorkerGroup: decorate "
                 f"it with @register(Dispatch.ONE_TO_ALL) (or another Dispatch mode)"
@@ -354,9 +348,7 @@ def _worker_error(call: _RankCall, err: RayError) -> WorkerError:
     who = f"{call.role} worker rank {call.rank}"
     if isinstance(err, RayActorError):
         if err.actor_init_failed:
-            return WorkerError(
-                f"{who} failed to start: its constructor raised {_last_line(str(err))}"
-            )
+            return WorkerError(f"{who} failed to start: its constructor raised {_last_line(str(err))}")
         if call.method == "__init__":
             return WorkerError(f"{who} died while starting: {_death_reason(err)}")
         return WorkerError(f"{who} died during {call.method}(): {_death_reason(err)}")
@@ -367,9 +359,7 @@ def _worker_error(call: _RankCall, err: RayError) -> WorkerError:
         else:  # the worker's exception could not be pickled: use its traceback text
             reason = _last_line(err.traceback_str)
         return WorkerError(f"{who} raised in {call.method}(): {reason}")
-    return WorkerError(
-        f"{who} failed in {call.method}(): {type(err).__name__}: {_last_line(str(err))}"
-    )
+    return WorkerError(f"{who} failed in {call.method}(): {type(err).__name__}: {_last_line(str(err))}")
 
 
 def _last_line(text: str) -> str:
@@ -379,9 +369,7 @@ def _last_line(text: str) -> str:
 
 def _death_reason(err: RayActorError, max_chars: int = 240) -> str:
     """The first sentences of Ray's explanation of an actor death (the full text is the cause)."""
-    lines = [
-        line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith("\t")
-    ]
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith("\t")]
     text = " ".join(line for line in lines if line != ActorDiedError.BASE_ERROR_MSG)
     if len(text) <= max_chars:
         return text or "the actor process exited"

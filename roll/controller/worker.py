@@ -59,9 +59,7 @@ class Worker:
     def __repr__(self) -> str:
         # Ray calls repr on a worker whose __init__ raised, before these attributes exist.
         role, rank = getattr(self, "role", "?"), getattr(self, "rank", "?")
-        return (
-            f"{type(self).__name__}(role={role!r}, rank={rank}/{getattr(self, 'world_size', '?')})"
-        )
+        return f"{type(self).__name__}(role={role!r}, rank={rank}/{getattr(self, 'world_size', '?')})"
 
     @register(Dispatch.ONE_TO_ALL)
     def set_threads(self, n: int) -> int:

@@ -25,9 +25,7 @@ class ArithmeticConfig(ConfigBase):
 
     max_operand: int = Field(4, ge=1, le=99, description="Largest operand (inclusive).")
     ops: list[Literal["+", "-", "*"]] = Field(["+"], description="Operators to use.")
-    template: str = Field(
-        "{a} {op} {b} =", description="Prompt text; placeholders {a}, {op}, {b}."
-    )
+    template: str = Field("{a} {op} {b} =", description="Prompt text; placeholders {a}, {op}, {b}.")
 
 
 class DataConfig(ConfigBase):

@@ -38,9 +38,7 @@ def check_explicit_devices(roles: dict[str, RolePlacement], cluster: ClusterReso
             )
         negative = [d for d in p.devices if d < 0]
         if negative:
-            problems.append(
-                f"role '{name}': device ids must be >= 0, got {negative}; use ids 0-{n - 1}"
-            )
+            problems.append(f"role '{name}': device ids must be >= 0, got {negative}; use ids 0-{n - 1}")
         beyond = [d for d in p.devices if d >= n]
         if beyond:
             ids = ", ".join(map(str, beyond))
@@ -167,9 +165,7 @@ def check_batch_sizes(
 
 def _other_device_role(roles: dict[str, RolePlacement], name: str) -> str:
     """A role other than ``name`` with a device list, to name in suggestions."""
-    others = [
-        r for r, p in roles.items() if r != name and isinstance(p.devices, list) and p.devices
-    ]
+    others = [r for r, p in roles.items() if r != name and isinstance(p.devices, list) and p.devices]
     return others[0] if others else "<role>"
 
 
@@ -179,6 +175,5 @@ def raise_if_problems(problems: list[str]) -> None:
         raise DevicePlanError(problems[0])
     if problems:
         raise DevicePlanError(
-            f"the device plan has {len(problems)} problems:\n"
-            + "\n".join(f"  - {p}" for p in problems)
+            f"the device plan has {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
         )

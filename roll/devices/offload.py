@@ -116,9 +116,7 @@ class OffloadManager:
 
     def reload(self) -> int:
         """OFFLOADED -> ACTIVE: the offloaded tensors go back to the device. Returns the bytes."""
-        self._require(
-            OffloadState.OFFLOADED, "reload", "nothing is offloaded; call offload() first"
-        )
+        self._require(OffloadState.OFFLOADED, "reload", "nothing is offloaded; call offload() first")
         start = time.perf_counter()
         nbytes = self._offloaded_bytes
         if self.moves_data:
@@ -158,9 +156,7 @@ class OffloadManager:
         if name in self._modules or name in self._optimizers:
             raise ValueError(f"{self.name}: '{name}' is already tracked; use a distinct name")
         if self.state is not OffloadState.ACTIVE:
-            raise StateError(
-                f"{self.name}: cannot track '{name}' while OFFLOADED; call reload() first"
-            )
+            raise StateError(f"{self.name}: cannot track '{name}' while OFFLOADED; call reload() first")
 
     def _tensors_on_device(self) -> Iterator[torch.Tensor]:
         """Every tracked tensor on the device, each once (shared parameters/tied weights too)."""

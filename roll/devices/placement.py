@@ -109,13 +109,10 @@ class PlacementManager:
         assignment = self.plan.roles[role]
         if not assignment.needs_device:
             return [
-                {"num_cpus": assignment.cpus_per_worker, "num_gpus": 0}
-                for _ in range(assignment.num_workers)
+                {"num_cpus": assignment.cpus_per_worker, "num_gpus": 0} for _ in range(assignment.num_workers)
             ]
         if self._pg is None:
-            raise StateError(
-                f"placement: cannot give actor options for role '{role}' before create()"
-            )
+            raise StateError(f"placement: cannot give actor options for role '{role}' before create()")
         return [
             {
                 "num_cpus": assignment.cpus_per_worker,
@@ -159,9 +156,7 @@ class PlacementManager:
         if missing:
             parts.append(f"missing: {_fmt(missing)}")
         if largest is not None and any(v > largest.get(k, 0.0) + 1e-9 for k, v in bundle.items()):
-            parts.append(
-                f"no single node can hold one bundle (largest node: {_fmt(largest, bundle)})"
-            )
+            parts.append(f"no single node can hold one bundle (largest node: {_fmt(largest, bundle)})")
         if short_total:
             parts.append(
                 f"the plan was made for {self.plan.cluster.describe()}; rebuild it from "

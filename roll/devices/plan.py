@@ -170,8 +170,7 @@ class DevicePlan:
             "cpus_per_device": self.cpus_per_device,
             "roles": {name: asdict(a) for name, a in self.roles.items()},
             "device_groups": [
-                {"devices": list(ids), "roles": names}
-                for ids, names in self.device_groups().items()
+                {"devices": list(ids), "roles": names} for ids, names in self.device_groups().items()
             ],
         }
 

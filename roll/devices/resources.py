@@ -165,9 +165,7 @@ class ClusterResources:
             )
         nodes = [_node_from_ray(info) for info in ray.nodes() if info.get("Alive")]
         if not nodes:
-            raise DevicePlanError(
-                "the connected Ray cluster reports no alive nodes; check `ray status`"
-            )
+            raise DevicePlanError("the connected Ray cluster reports no alive nodes; check `ray status`")
         return cls(nodes=nodes, cpu_slots=cpu_slots)
 
     def to_dict(self) -> dict[str, Any]:

@@ -99,9 +99,7 @@ class ClusterConfig(BaseModel):
     num_cpus: int | None = Field(
         default=None,
         ge=1,
-        description=(
-            "CPUs for the embedded local Ray. Null: all CPUs of this machine (os.cpu_count())."
-        ),
+        description=("CPUs for the embedded local Ray. Null: all CPUs of this machine (os.cpu_count())."),
     )
     num_gpus: int = Field(
         default=0,

@@ -122,7 +122,8 @@ class TorchTrainEngine:
         rows = weights.shape[0]
         for start in range(0, rows, self.cfg.micro_batch_size):
             micro = {
-                k: v.to(self.device) for k, v in slice_rows(mini, start, start + self.cfg.micro_batch_size).items()
+                k: v.to(self.device)
+                for k, v in slice_rows(mini, start, start + self.cfg.micro_batch_size).items()
             }
             share = float(weights[start : start + self.cfg.micro_batch_size].sum() / total_weight)
             loss, stats = loss_fn(self.model, micro)

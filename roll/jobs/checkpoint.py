@@ -238,8 +238,9 @@ def _problem(path: Path, deep: bool) -> str | None:
     try:
         manifest = read_json(manifest_path)
         version = manifest["format_version"]
-        files = {name: (int(entry["size"]), str(entry["sha256"]))
-                 for name, entry in manifest["files"].items()}
+        files = {
+            name: (int(entry["size"]), str(entry["sha256"])) for name, entry in manifest["files"].items()
+        }
     except (CheckpointError, KeyError, TypeError, ValueError, AttributeError):
         return f"corrupt ({MANIFEST_NAME} is unreadable)"
     if version != FORMAT_VERSION:
@@ -290,13 +291,10 @@ def list_checkpoints(ckpt_root: str | Path, deep: bool = False) -> list[tuple[in
 
     ``complete`` checks the manifest and file sizes; pass ``deep=True`` to also check sha256.
     """
-    return [(step, path, _problem(path, deep) is None)
-            for step, path in _step_folders(Path(ckpt_root))]
+    return [(step, path, _problem(path, deep) is None) for step, path in _step_folders(Path(ckpt_root))]
 
 
-def find_latest_checkpoint(
-    ckpt_root: str | Path, deep: bool = True, cleanup: bool = True
-) -> Path | None:
+def find_latest_checkpoint(ckpt_root: str | Path, deep: bool = True, cleanup: bool = True) -> Path | None:
     """The newest step folder that verifies, or None if there is none.
 
     Every newer folder that fails verification is skipped with a warning naming the problem.
@@ -318,8 +316,11 @@ def find_latest_checkpoint(
             latest = path
             break
         skipped.append((path.name, problem))
-    fallback = (f"resuming from {latest.name}" if latest is not None
-                else "no earlier complete checkpoint, starting from scratch")
+    fallback = (
+        f"resuming from {latest.name}"
+        if latest is not None
+        else "no earlier complete checkpoint, starting from scratch"
+    )
     for name, problem in skipped:
         warnings.warn(f"checkpoint {name} is {problem} — skipping it and {fallback}", stacklevel=2)
     return latest

@@ -217,8 +217,17 @@ class RunStore:
                     "INSERT INTO runs (id, name, pipeline, status, config_json, created_at,"
                     " started_at, owner_host, pid, resumed_count, last_step)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)",
-                    (run_id, name, pipeline, status, _dumps(dict(config)), now, started,
-                     self._host, os.getpid()),
+                    (
+                        run_id,
+                        name,
+                        pipeline,
+                        status,
+                        _dumps(dict(config)),
+                        now,
+                        started,
+                        self._host,
+                        os.getpid(),
+                    ),
                 )
             else:
                 self._conn.execute(
@@ -280,8 +289,11 @@ class RunStore:
         candidates = self._conn.execute(
             "SELECT id, pid FROM runs WHERE status = 'running' AND owner_host = ?", (self._host,)
         ).fetchall()
-        stale = [(row["id"], row["pid"]) for row in candidates
-                 if row["pid"] is not None and not pid_is_alive(row["pid"])]
+        stale = [
+            (row["id"], row["pid"])
+            for row in candidates
+            if row["pid"] is not None and not pid_is_alive(row["pid"])
+        ]
         if not stale:
             return []
         now = time.time()
@@ -290,8 +302,10 @@ class RunStore:
             with self.transaction():
                 marked = []
                 for run_id, pid in stale:
-                    error = (f"driver process {pid} on {self._host} exited without finishing the "
-                             "run; resume it from its latest checkpoint")
+                    error = (
+                        f"driver process {pid} on {self._host} exited without finishing the "
+                        "run; resume it from its latest checkpoint"
+                    )
                     cursor = self._conn.execute(
                         "UPDATE runs SET status = 'interrupted', ended_at = ?, error = ?"
                         " WHERE id = ? AND status = 'running' AND pid = ?",
@@ -319,8 +333,7 @@ class RunStore:
     ) -> None:
         """Upsert one step's scalar metrics in one transaction and advance ``last_step``."""
         wall = time.time() if wall_time is None else wall_time
-        rows = [(run_id, int(step), key, _nan_to_none(value), wall)
-                for key, value in metrics.items()]
+        rows = [(run_id, int(step), key, _nan_to_none(value), wall) for key, value in metrics.items()]
         with self.transaction():
             self._conn.executemany(
                 "INSERT INTO metrics (run_id, step, key, value, wall_time) VALUES (?, ?, ?, ?, ?)"
@@ -366,9 +379,7 @@ class RunStore:
 
     def get_events(self, run_id: str) -> list[dict[str, Any]]:
         """A run's events in the order they were logged (``data`` parsed from JSON)."""
-        rows = self._conn.execute(
-            "SELECT * FROM events WHERE run_id = ? ORDER BY id", (run_id,)
-        ).fetchall()
+        rows = self._conn.execute("SELECT * FROM events WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
         events = []
         for row in rows:
             event = dict(row)
@@ -390,13 +401,20 @@ class RunStore:
                 raise ValueError(f"rollout row {index} of step {step} has no 'sample_id'")
             extra = {k: v for k, v in row.items() if k != "sample_id" and k not in ROLLOUT_COLUMNS}
             reward, advantage = row.get("reward"), row.get("advantage")
-            records.append((
-                run_id, int(step), str(row["sample_id"]), row.get("group_id"),
-                row.get("prompt"), row.get("response"),
-                None if reward is None else _nan_to_none(reward),
-                None if advantage is None else _nan_to_none(advantage),
-                row.get("state"), _dumps(extra) if extra else None,
-            ))
+            records.append(
+                (
+                    run_id,
+                    int(step),
+                    str(row["sample_id"]),
+                    row.get("group_id"),
+                    row.get("prompt"),
+                    row.get("response"),
+                    None if reward is None else _nan_to_none(reward),
+                    None if advantage is None else _nan_to_none(advantage),
+                    row.get("state"),
+                    _dumps(extra) if extra else None,
+                )
+            )
         with self.transaction():
             self._conn.executemany(
                 "INSERT INTO rollouts (run_id, step, sample_id, group_id, prompt, response,"
@@ -438,11 +456,17 @@ class RunStore:
 
     # ----------------------------------------------------------------------------- helpers
 
-    def _insert_event(self, run_id: str, kind: str, message: str, step: int | None,
-                      data: Mapping[str, Any] | None, when: float) -> None:
+    def _insert_event(
+        self,
+        run_id: str,
+        kind: str,
+        message: str,
+        step: int | None,
+        data: Mapping[str, Any] | None,
+        when: float,
+    ) -> None:
         self._conn.execute(
-            "INSERT INTO events (run_id, step, time, kind, message, data_json)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (run_id, step, time, kind, message, data_json) VALUES (?, ?, ?, ?, ?, ?)",
             (run_id, step, when, kind, message, _dumps(None if data is None else dict(data))),
         )
 

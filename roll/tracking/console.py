@@ -119,9 +119,7 @@ class ConsoleProgress:
         self.last_step = step
         self.last_metrics = dict(metrics)
         if self._progress is not None and self._task is not None:
-            self._progress.update(
-                self._task, completed=step, metrics=format_metrics(metrics, self.keys)
-            )
+            self._progress.update(self._task, completed=step, metrics=format_metrics(metrics, self.keys))
         else:
             self._write(self.line(step, metrics))
 

@@ -142,4 +142,3 @@ class Tracker:
     def _check_open(self) -> None:
         if self._closed:
             raise StateError("Tracker is closed; create a new Tracker to log more metrics")
-

@@ -9,12 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.rlvr.config import AlgoConfig, RLVRConfig
+from pipelines.rlvr.config import RLVRConfig
 from pipelines.rlvr.pipeline import build_prompt_batch, encode_prompts
 from roll.algos import kl_penalty
 from roll.controller import Batch
 from roll.data import load_rows
-from roll.engines.config import OptimConfig
 from roll.models import load_tokenizer
 from roll.models.config import ModelConfig
 from workers.actor import ActorWorker

@@ -23,7 +23,9 @@ def env() -> dict[str, str]:
 
 
 def run_roll(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(roll_cmd(*args), capture_output=True, text=True, cwd=ROOT, env=env(), timeout=timeout)
+    return subprocess.run(
+        roll_cmd(*args), capture_output=True, text=True, cwd=ROOT, env=env(), timeout=timeout
+    )
 
 
 def read_run(run_dir: Path) -> dict:

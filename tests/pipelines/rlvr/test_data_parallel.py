@@ -5,15 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from helpers import read_run, run_roll
 
 
 def test_two_actor_ranks_stay_in_sync(tmp_path: Path) -> None:
     run_dir = tmp_path / "dp"
     result = run_roll(
-        "run", "configs/quickstart.yaml", f"output_dir={run_dir}", "steps=3",
-        "cluster.cpu_slots=2", "roles.actor.devices=[0,1]", "roles.reward.num_workers=2",
+        "run",
+        "configs/quickstart.yaml",
+        f"output_dir={run_dir}",
+        "steps=3",
+        "cluster.cpu_slots=2",
+        "roles.actor.devices=[0,1]",
+        "roles.reward.num_workers=2",
         "checkpoint.export_model=false",
     )
     assert result.returncode == 0, result.stderr[-3000:]

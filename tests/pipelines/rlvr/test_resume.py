@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
 from helpers import ROOT, env, read_run, roll_cmd, run_roll
+from safetensors.torch import load_file
 
 ARGS = [
     "steps=6",
@@ -30,7 +29,11 @@ ARGS = [
 def run_and_kill_after_checkpoint(run_dir: Path, step: int) -> None:
     proc = subprocess.Popen(
         roll_cmd("run", "configs/quickstart.yaml", f"output_dir={run_dir}", *ARGS),
-        cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     marker = run_dir / "checkpoints" / f"step_{step:06d}" / "MANIFEST.json"
     deadline = time.time() + 300
@@ -70,7 +73,10 @@ def assert_same_run(run_dir: Path, ref_dir: Path, ref: dict) -> None:
     assert trace(data) == trace(ref)  # sample ids, responses, rewards, losses, grad norms: exact
     assert sorted(trace(data)["rollouts"]) == [1, 2, 3, 4, 5, 6]
     assert data["n_metric_rows"] == ref["n_metric_rows"]  # no duplicate rows after the replay
-    final, expected = load_file(run_dir / "model" / "model.safetensors"), load_file(ref_dir / "model" / "model.safetensors")
+    final, expected = (
+        load_file(run_dir / "model" / "model.safetensors"),
+        load_file(ref_dir / "model" / "model.safetensors"),
+    )
     assert final.keys() == expected.keys()
     for name in expected:
         assert final[name].equal(expected[name]), name

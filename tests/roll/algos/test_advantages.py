@@ -24,9 +24,7 @@ def test_binary_rewards_eps_zero():
     # sum of squares 0.5625 + 3 * 0.0625 = 0.75; unbiased var 0.75 / 3 = 0.25; std 0.5
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
     ids = torch.zeros(4, dtype=torch.int64)
-    assert_close(
-        compute_grpo_advantages(rewards, ids, eps=0.0), torch.tensor([1.5, -0.5, -0.5, -0.5])
-    )
+    assert_close(compute_grpo_advantages(rewards, ids, eps=0.0), torch.tensor([1.5, -0.5, -0.5, -0.5]))
 
 
 def test_interleaved_non_contiguous_group_ids():

@@ -42,9 +42,7 @@ def test_k3_clamps_log_ratio_to_20():
     ref = torch.tensor([-100.0, 0.0], dtype=torch.float64)
     out = kl_penalty(logp, ref, "k3")
     assert torch.isfinite(out).all()
-    assert_close(
-        out, torch.tensor([19.0 + math.exp(-20), math.exp(20) - 21.0], dtype=torch.float64)
-    )
+    assert_close(out, torch.tensor([19.0 + math.exp(-20), math.exp(20) - 21.0], dtype=torch.float64))
 
 
 def test_k2_k3_nonnegative_and_gradients_flow():

@@ -146,9 +146,7 @@ def test_asymmetric_clip_higher():
     loss, stats = ppo_clip_policy_loss(logp, old_logp, adv, mask)
     assert_close(loss, torch.tensor(-0.2))
     assert_close(stats["clip_frac"], torch.tensor(1.0))
-    loss, stats = ppo_clip_policy_loss(
-        logp, old_logp, adv, mask, clip_eps_low=0.3, clip_eps_high=0.28
-    )
+    loss, stats = ppo_clip_policy_loss(logp, old_logp, adv, mask, clip_eps_low=0.3, clip_eps_high=0.28)
     assert_close(loss, torch.tensor(-0.25))
     assert_close(stats["clip_frac"], torch.tensor(0.0))
 
@@ -206,9 +204,7 @@ def test_grpo_loss_without_reference():
     assert torch.equal(stats["loss/kl"], torch.tensor(0.0))
     assert torch.equal(stats["loss/total"], stats["loss/policy"])
     with pytest.raises(ValueError, match="kl_coef"):
-        grpo_loss(
-            logp, old_logp, None, adv, PPO_MASK, clip_eps_low=0.2, clip_eps_high=0.2, kl_coef=0.1
-        )
+        grpo_loss(logp, old_logp, None, adv, PPO_MASK, clip_eps_low=0.2, clip_eps_high=0.2, kl_coef=0.1)
 
 
 def test_grpo_loss_k1_seq_mean_token_sum():

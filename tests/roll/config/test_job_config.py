@@ -103,7 +103,12 @@ def test_impossible_device_plan(tmp_path: Path) -> None:
 def test_dp_size_must_divide_batch(tmp_path: Path) -> None:
     job = load_job(
         write(tmp_path, QUICKSTART),
-        ["cluster.cpu_slots=2", "roles.actor.devices=[0,1]", "rollout.prompts_per_step=3", "rollout.group_size=3"],
+        [
+            "cluster.cpu_slots=2",
+            "roles.actor.devices=[0,1]",
+            "rollout.prompts_per_step=3",
+            "rollout.group_size=3",
+        ],
     )
     with pytest.raises(DevicePlanError, match="9"):
         plan_for(job)

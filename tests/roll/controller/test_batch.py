@@ -96,9 +96,7 @@ def test_split_needs_a_multiple_and_suggests_padding() -> None:
 
 
 @pytest.mark.parametrize("length, n, fill", [(7, 3, [0, 1]), (2, 5, [0, 1, 0]), (6, 3, [])])
-def test_pad_repeats_first_rows_cyclically_and_unpad_restores(
-    length: int, n: int, fill: list[int]
-) -> None:
+def test_pad_repeats_first_rows_cyclically_and_unpad_restores(length: int, n: int, fill: list[int]) -> None:
     batch = make_batch(length)
     padded, pad = batch.pad_to_multiple(n)
     assert pad == len(fill) and len(padded) % n == 0
@@ -171,9 +169,7 @@ def test_unpickled_tensors_are_writable_even_from_read_only_buffers() -> None:
     # Ray hands back numpy arrays that alias read-only shared memory; they must be copied.
     batch = make_batch(3)
     rebuild, (state,) = batch.__reduce__()
-    state["tensors"] = {
-        k: (np.array(a, copy=True), name) for k, (a, name) in state["tensors"].items()
-    }
+    state["tensors"] = {k: (np.array(a, copy=True), name) for k, (a, name) in state["tensors"].items()}
     for array, _ in state["tensors"].values():
         array.flags.writeable = False
     restored = rebuild(state)

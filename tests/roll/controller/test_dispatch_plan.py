@@ -48,7 +48,7 @@ def test_split_by_dp_pads_splits_every_batch_and_broadcasts_the_rest() -> None:
     a, b = rows(7), rows(7)
     plan = DispatchSpec(Dispatch.SPLIT_BY_DP).plan(3, (a, "shared"), {"other": b, "scale": 2})
     assert plan.ranks == [0, 1, 2]
-    for rank, (args, kwargs) in enumerate(plan.calls):
+    for _rank, (args, kwargs) in enumerate(plan.calls):
         assert len(args[0]) == len(kwargs["other"]) == 3
         assert args[1] == "shared" and kwargs["scale"] == 2
     assert plan.calls[2][0][0].non_tensors["t"] == [6, 0, 1]  # padding repeats the first rows

@@ -172,14 +172,12 @@ def test_one_to_all_returns_one_result_per_rank(groups: dict[int, WorkerGroup], 
 
 
 @pytest.mark.parametrize("n", [2, 3])
-def test_split_by_dp_gives_equal_chunks_and_collects_in_order(
-    groups: dict[int, WorkerGroup], n: int
-) -> None:
+def test_split_by_dp_gives_equal_chunks_and_collects_in_order(groups: dict[int, WorkerGroup], n: int) -> None:
     batch = sample_batch(7)
     before = [len(lengths) for lengths in groups[n].received()]
     out = groups[n].double(batch)
     chunk = -(-7 // n)  # 4 rows over 2 workers, 3 over 3 (padding fills the last chunk)
-    assert [lengths[b:] for lengths, b in zip(groups[n].received(), before)] == [[chunk]] * n
+    assert [lengths[b:] for lengths, b in zip(groups[n].received(), before, strict=True)] == [[chunk]] * n
     assert len(out) == 7
     assert out.equal(expected_double(batch))  # bitwise, padding gone, order kept
 

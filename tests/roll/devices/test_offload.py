@@ -43,9 +43,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad()
 
 
-def manager(
-    model: nn.Module, optimizer: torch.optim.Optimizer, device: str = "cpu"
-) -> OffloadManager:
+def manager(model: nn.Module, optimizer: torch.optim.Optimizer, device: str = "cpu") -> OffloadManager:
     offload = OffloadManager("actor", device)
     offload.track_module("model", model)
     offload.track_optimizer("optim", optimizer)

@@ -20,9 +20,13 @@ def test_left_pad() -> None:
 def test_response_lengths_eos_and_stop_strings() -> None:
     tok = build_tokenizer("digits")
     eos = tok.eos_token_id
-    rows = torch.tensor([tok.convert_tokens_to_ids(["1", "2", "3", "4"]),
-                         tok.convert_tokens_to_ids(["5", "="]) + [eos, 0],
-                         tok.convert_tokens_to_ids(["6", "+", "7", "8"])])
+    rows = torch.tensor(
+        [
+            tok.convert_tokens_to_ids(["1", "2", "3", "4"]),
+            tok.convert_tokens_to_ids(["5", "="]) + [eos, 0],
+            tok.convert_tokens_to_ids(["6", "+", "7", "8"]),
+        ]
+    )
     lengths, reasons = response_lengths(rows, {eos}, ("+",), tok)
     assert lengths == [4, 3, 2] and reasons == ["length", "stop", "stop"]
 
@@ -41,7 +45,8 @@ def test_generate_with_stop_string_masks_the_tail() -> None:
     torch.manual_seed(0)
     out = engine.generate(prompts * 8, SamplingParams(max_new_tokens=6, temperature=1.0, stop=("=",)))
     assert out.response_ids.shape[0] == 16
-    for row, mask, reason, lp in zip(out.response_ids, out.response_mask, out.finish_reasons, out.logprobs):
+    rows = zip(out.response_ids, out.response_mask, out.finish_reasons, out.logprobs, strict=True)
+    for row, mask, reason, lp in rows:
         n = int(mask.sum())
         text = tok.decode(row[:n].tolist(), skip_special_tokens=True)
         assert mask[:n].all() and not mask[n:].any()

@@ -34,7 +34,10 @@ def test_commit_produces_layout_and_manifest(tmp_path):
     path = _save(tmp_path, 6)
     assert path == tmp_path / "step_000006"
     assert sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) == [
-        MANIFEST_NAME, "actor/rank0/model.pt", "actor/rank1/model.pt", "trainer_state.json",
+        MANIFEST_NAME,
+        "actor/rank0/model.pt",
+        "actor/rank1/model.pt",
+        "trainer_state.json",
     ]
     manifest = read_json(path / MANIFEST_NAME)
     assert manifest["step"] == 6 and manifest["format_version"] == 1
@@ -134,7 +137,9 @@ def test_keep_last_prunes_older_complete_checkpoints(tmp_path):
     (tmp_path / "step_000002" / MANIFEST_NAME).unlink()  # incomplete: left for inspection
     _save(tmp_path, 4, keep_last=2)
     assert [(step, ok) for step, _, ok in list_checkpoints(tmp_path)] == [
-        (2, False), (3, True), (4, True),
+        (2, False),
+        (3, True),
+        (4, True),
     ]
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["step_000002", "step_000003", "step_000004"]

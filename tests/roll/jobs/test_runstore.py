@@ -25,8 +25,14 @@ REPO_ROOT = Path(roll.__file__).resolve().parents[1]
 def _python(code: str, **kwargs) -> subprocess.Popen:
     """Start ``python -c code`` with this checkout importable."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -123,8 +129,16 @@ def test_nan_is_stored_as_null_and_read_as_nan(store, tmp_path):
 def test_rollouts_upsert_and_extra_columns(store):
     store.create_run("r", "r", "rlvr", {})
     rows = [
-        {"sample_id": "s0", "group_id": 0, "prompt": "1+1=", "response": "2", "reward": 1.0,
-         "advantage": 0.5, "state": "scored", "num_tokens": 3},
+        {
+            "sample_id": "s0",
+            "group_id": 0,
+            "prompt": "1+1=",
+            "response": "2",
+            "reward": 1.0,
+            "advantage": 0.5,
+            "state": "scored",
+            "num_tokens": 3,
+        },
         {"sample_id": "s1", "group_id": 0, "prompt": "1+1=", "response": "3", "reward": 0.0},
     ]
     store.log_rollouts("r", 1, rows)

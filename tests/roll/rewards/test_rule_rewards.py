@@ -38,7 +38,12 @@ def test_raising_reward_scores_zero_and_records_error() -> None:
         {"functions": [{"name": "test_explodes_on_b", "weight": 2.0}, {"name": "exact_match", "weight": 0.5}]}
     )
     worker = RewardWorker(0, 1, "reward", reward=cfg, imports=[])
-    batch = Batch.from_dict(non_tensors={"response_text": ["a", "b", "7"], "row": [{"answer": "a"}, {"answer": "b"}, {"answer": "7"}]})
+    batch = Batch.from_dict(
+        non_tensors={
+            "response_text": ["a", "b", "7"],
+            "row": [{"answer": "a"}, {"answer": "b"}, {"answer": "7"}],
+        }
+    )
     out = worker.compute_rewards(batch)
     assert out.tensors["rewards"].tolist() == [2.5, 0.5, 2.5]
     assert out.tensors["reward/test_explodes_on_b"].tolist() == [1.0, 0.0, 1.0]

@@ -63,8 +63,7 @@ def test_tracker_fans_out_metrics_events_and_close():
     first, second, plain = ListSink(), ListSink(), MetricsOnlySink()
     assert isinstance(first, Sink) and isinstance(plain, Sink)
     with Tracker([first, second, plain]) as tracker:
-        tracker.log(1, {"reward/mean": 0.5, "count": np.int64(3), "kl": torch.tensor(0.25),
-                        "flag": True})
+        tracker.log(1, {"reward/mean": 0.5, "count": np.int64(3), "kl": torch.tensor(0.25), "flag": True})
         tracker.event("checkpoint", "saved", step=1, data={"path": "/x"})
     expected = (1, {"reward/mean": 0.5, "count": 3, "kl": 0.25, "flag": 1})
     assert first.logged == [expected] and second.logged == [expected]
@@ -132,18 +131,21 @@ def test_tensorboard_sink_writes_readable_scalars(tmp_path):
     assert [e.value for e in accumulator.Scalars("perf/tokens_per_s")] == [1000, 2000, 3000]
 
 
-@pytest.mark.parametrize(("key", "value", "text"), [
-    ("reward/mean", 0.43812, "0.438"),
-    ("actor/kl", 0.0012, "0.0012"),
-    ("actor/kl", 0.000012345, "1.23e-05"),
-    ("loss/policy", 12.3456, "12.35"),
-    ("perf/tokens_per_s", 2310.4, "2310"),
-    ("samples", 64, "64"),
-    ("time/step", 0.4123, "0.41s"),
-    ("time/step", 95.23, "95.2s"),
-    ("loss/policy", float("nan"), "nan"),
-    ("reward/mean", 1.0, "1"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "text"),
+    [
+        ("reward/mean", 0.43812, "0.438"),
+        ("actor/kl", 0.0012, "0.0012"),
+        ("actor/kl", 0.000012345, "1.23e-05"),
+        ("loss/policy", 12.3456, "12.35"),
+        ("perf/tokens_per_s", 2310.4, "2310"),
+        ("samples", 64, "64"),
+        ("time/step", 0.4123, "0.41s"),
+        ("time/step", 95.23, "95.2s"),
+        ("loss/policy", float("nan"), "nan"),
+        ("reward/mean", 1.0, "1"),
+    ],
+)
 def test_format_value(key, value, text):
     assert format_value(key, value) == text
 
@@ -152,14 +154,21 @@ def test_console_plain_lines_on_a_pipe():
     stream = io.StringIO()
     console = ConsoleProgress(total_steps=200, stream=stream)
     assert not console.interactive
-    console.log(12, {"perf/tokens_per_s": 2310.2, "time/step": 0.41, "actor/kl": 0.0012,
-                     "reward/mean": 0.438, "not/shown": 5.0})
+    console.log(
+        12,
+        {
+            "perf/tokens_per_s": 2310.2,
+            "time/step": 0.41,
+            "actor/kl": 0.0012,
+            "reward/mean": 0.438,
+            "not/shown": 5.0,
+        },
+    )
     console.event("checkpoint", "saved step_000012", step=12)
     console.log(13, {})
     console.close()
     assert stream.getvalue().splitlines() == [
-        "step 12/200 | reward/mean 0.438 | actor/kl 0.0012 | time/step 0.41s"
-        " | perf/tokens_per_s 2310",
+        "step 12/200 | reward/mean 0.438 | actor/kl 0.0012 | time/step 0.41s | perf/tokens_per_s 2310",
         "[checkpoint] saved step_000012 (step 12)",
         "step 13/200",
     ]
@@ -167,13 +176,13 @@ def test_console_plain_lines_on_a_pipe():
 
 def test_console_custom_keys_and_summary():
     stream = io.StringIO()
-    console = ConsoleProgress(total_steps=200, start_step=150, keys=["loss/policy", "reward/mean"],
-                              stream=stream)
+    console = ConsoleProgress(
+        total_steps=200, start_step=150, keys=["loss/policy", "reward/mean"], stream=stream
+    )
     console.log(200, {"reward/mean": 0.91, "loss/policy": -0.0213})
     assert stream.getvalue() == "step 200/200 | loss/policy -0.0213 | reward/mean 0.91\n"
     summary = console.summary({"reward/mean": 0.91})
-    assert re.fullmatch(r"done: 50 steps in \d+\.\ds \(resumed at step 150\) \| reward/mean 0\.91",
-                        summary)
+    assert re.fullmatch(r"done: 50 steps in \d+\.\ds \(resumed at step 150\) \| reward/mean 0\.91", summary)
     assert console.summary().endswith("| loss/policy -0.0213 | reward/mean 0.91")
 
 
