@@ -15,6 +15,7 @@ from roll.engines.config import OptimConfig
 from roll.engines.logprobs import response_logprobs
 from roll.engines.torch_engine import TorchTrainEngine
 from roll.models.config import ModelConfig
+from roll.models.lora import export_hf
 from workers.common import load_model, load_rng, mean_metrics, rank_folder, save_rng, setup_process
 
 
@@ -61,6 +62,12 @@ class ActorWorker(Worker):
     def compute_log_probs(self, batch: Batch) -> Batch:
         logprobs = self.engine.forward_logprobs(batch.tensors, self.temperature)
         return Batch.from_dict(tensors={"old_logprobs": logprobs * batch.tensors["response_mask"]})
+
+    @register(Dispatch.SPLIT_BY_DP)
+    def compute_ref_log_probs(self, batch: Batch) -> Batch:
+        """With LoRA, the reference is this model with its adapters disabled (no second copy)."""
+        logprobs = self.engine.reference_logprobs(batch.tensors, self.temperature)
+        return Batch.from_dict(tensors={"ref_logprobs": logprobs * batch.tensors["response_mask"]})
 
     @register(Dispatch.SPLIT_BY_DP, collect=mean_metrics)
     def train_step(self, batch: Batch) -> dict[str, float]:
@@ -112,11 +119,10 @@ class ActorWorker(Worker):
         self.engine.load_checkpoint(folder)
         load_rng(folder)
 
-    @register(Dispatch.ONE_TO_ALL)
+    @register(Dispatch.RANK_ZERO)
     def save_pretrained(self, folder: str) -> None:
-        if self.rank == 0:
-            self.engine.model.save_pretrained(folder)
-            self.tokenizer.save_pretrained(folder)
+        """A plain Hugging Face folder (LoRA merged) that loads with transformers alone."""
+        export_hf(self.engine.model, self.tokenizer, folder)
 
     @register(Dispatch.ONE_TO_ALL)
     def offload(self) -> dict:

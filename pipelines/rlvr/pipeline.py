@@ -131,7 +131,7 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
         "rollout": group("rollout", RolloutWorker, model=cfg.model, seed=cfg.seed),
         "reward": group("reward", RewardWorker, reward=cfg.reward, imports=cfg.imports),
     }
-    if cfg.algo.kl_coef > 0:
+    if cfg.algo.kl_coef > 0 and cfg.train.lora is None:  # with LoRA the actor is its own reference
         groups["reference"] = group(
             "reference",
             ReferenceWorker,
@@ -235,9 +235,10 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
             batch = batch.union(groups["rollout"].generate(batch))
         with timer("reward"):
             batch = batch.union(groups["reward"].compute_rewards(batch.select("response_text", "row")))
-        if "reference" in groups:
-            with timer("reference"), switch.active("reference"):
-                batch = batch.union(groups["reference"].compute_ref_log_probs(batch.select(*TRAIN_INPUTS)))
+        if cfg.algo.kl_coef > 0:
+            ref_role = "reference" if "reference" in groups else "actor"
+            with timer("reference"), switch.active(ref_role):
+                batch = batch.union(groups[ref_role].compute_ref_log_probs(batch.select(*TRAIN_INPUTS)))
         with timer("advantage"):
             adv = compute_grpo_advantages(
                 batch.tensors["rewards"], batch.tensors["group_ids"], norm_by_std=cfg.algo.norm_adv_by_std
@@ -251,7 +252,7 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
                     Batch.from_dict(tensors={"old_logprobs": batch.tensors["rollout_logprobs"]})
                 )
             keys = [*TRAIN_INPUTS, "old_logprobs", "advantages"] + (
-                ["ref_logprobs"] if "reference" in groups else []
+                ["ref_logprobs"] if cfg.algo.kl_coef > 0 else []
             )
             train_metrics = groups["actor"].train_step(batch.select(*keys))
         with timer("sync"):

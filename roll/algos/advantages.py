@@ -1,4 +1,4 @@
-"""Group-relative advantages (GRPO) and the helpers that spread them over tokens.
+"""Group-relative advantages (GRPO, RLOO) and the helpers that spread them over tokens.
 
 GRPO samples a group of G responses per prompt and scores each one against its own group, so no
 value network is needed. DeepSeekMath (Shao et al., 2024, arXiv:2402.03300), section 4.1.2,
@@ -12,7 +12,16 @@ and every token of response i gets the same A_i. Like the reference implementati
 
 Dr. GRPO (Liu et al., 2025, arXiv:2503.20783, "Understanding R1-Zero-Like Training") argues that
 dividing by the std biases training towards too-easy and too-hard prompts and drops it:
-``A_i = r_i - mean``; that is ``norm_by_std=False`` here.
+``A_i = r_i - mean``; that is ``norm_by_std=False`` here. (Its other change, dividing the
+per-sequence token sum by a constant, is the loss aggregation ``"seq-mean-token-sum-norm"``.)
+
+RLOO (REINFORCE Leave-One-Out; Ahmadian et al., 2024, arXiv:2402.14740, after
+Kool et al., 2019) baselines each sample with the mean reward of the *other* k - 1 samples of its
+group:
+
+    A_i = r_i - 1/(k-1) * sum_{j != i} r_j  =  k/(k-1) * (r_i - mean(r_1..r_k))
+
+which keeps the estimate unbiased (the baseline does not depend on r_i).
 
 Groups are named by ``group_ids`` rather than by position, so a batch may hold its groups in any
 order (interleaved after a shuffle, or split across rollout workers and concatenated).
@@ -25,7 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["broadcast_to_tokens", "compute_grpo_advantages", "group_reward_stats"]
+__all__ = ["broadcast_to_tokens", "compute_grpo_advantages", "compute_rloo_advantages", "group_reward_stats"]
 
 
 class _GroupMoments(NamedTuple):
@@ -117,6 +126,28 @@ def compute_grpo_advantages(
     centered = m.rewards - m.mean[m.index]
     if norm_by_std:
         centered = centered / (m.std[m.index] + eps)
+    flat = m.constant[m.index]  # also true for every group of size 1
+    return torch.where(flat, torch.zeros_like(centered), centered)
+
+
+def compute_rloo_advantages(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """RLOO advantage: each reward minus the mean of the other rewards in its group (arXiv:2402.14740).
+
+    ``A_i = r_i - mean_{j != i, g(j) = g(i)} r_j``, computed as ``k/(k-1) * (r_i - mean_g)`` for a
+    group of size k. A group of size 1 (no other sample to compare with) and a group whose
+    rewards are all equal get advantage exactly 0.
+
+    Args:
+        rewards: [N] scalar reward per response. Integer rewards are cast to float32.
+        group_ids: [N] int64 id of the prompt group of each response (any values, any order).
+
+    Returns:
+        [N] advantages, same floating dtype as ``rewards`` (float32 for integer rewards).
+    """
+    m = _group_moments(rewards, group_ids)
+    count = m.count[m.index]
+    scale = count / (count - 1).clamp_min(1)
+    centered = scale * (m.rewards - m.mean[m.index])
     flat = m.constant[m.index]  # also true for every group of size 1
     return torch.where(flat, torch.zeros_like(centered), centered)
 

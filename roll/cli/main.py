@@ -90,6 +90,23 @@ def plan(job: Path = JobArg, overrides: Optional[list[str]] = OverridesArg) -> N
     out.print(plan_for(loaded).render())
 
 
+export_app = typer.Typer(help="Export artifacts of a run.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("model")
+def export_model_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder (the job's output_dir)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the Hugging Face model into."),
+    step: Optional[int] = typer.Option(None, "--step", help="Checkpoint step; default: the latest."),
+) -> None:
+    """Write the trained policy (LoRA merged) as a plain Hugging Face folder."""
+    from roll.jobs.export import export_model
+
+    folder = export_model(run_dir, out, step)
+    print(f"wrote {folder} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -90,13 +90,33 @@ class ClusterResources:
         """ "GPU" or "CPU slot", for messages."""
         return "GPU" if self.kind == "gpu" else "CPU slot"
 
+    @property
+    def gpu_memory_bytes(self) -> int | None:
+        """Memory of the smallest GPU, in bytes; None when no GPU node reports it.
+
+        The smallest, because which node's GPU a device id lands on is Ray's choice.
+        """
+        sizes = [n.gpu_memory_bytes for n in self.nodes if n.gpus]
+        if not sizes or any(b is None for b in sizes):
+            return None
+        return min(sizes)
+
+    @property
+    def gpu_memory_uniform(self) -> bool:
+        """True when every GPU node reports the same GPU memory."""
+        return len({n.gpu_memory_bytes for n in self.nodes if n.gpus}) <= 1
+
     def describe(self) -> str:
-        """One line, e.g. "1 node, 2 CPUs, 4 GPUs (device ids 0-3)"."""
+        """One line, e.g. "1 node, 2 CPUs, 4 GPUs of 80 GiB (device ids 0-3)"."""
         n = len(self.nodes)
         cpus = f"{self.num_cpus:g}"
         parts = [f"{n} node{'s' if n != 1 else ''}", f"{cpus} CPU{'s' if cpus != '1' else ''}"]
         if self.kind == "gpu":
-            parts.append(f"{self.num_gpus} GPU{'s' if self.num_gpus != 1 else ''}")
+            gpus = f"{self.num_gpus} GPU{'s' if self.num_gpus != 1 else ''}"
+            sizes = sorted({n.gpu_memory_bytes for n in self.nodes if n.gpus and n.gpu_memory_bytes})
+            if sizes:
+                gpus += f" of {'/'.join(f'{b / 2**30:.3g}' for b in sizes)} GiB"
+            parts.append(gpus)
         else:
             parts.append(f"{self.num_devices} CPU slot{'s' if self.num_devices != 1 else ''}")
         return f"{', '.join(parts)} (device ids {_id_range(self.num_devices)})"
@@ -149,12 +169,19 @@ class ClusterResources:
             cpus=float(cfg.resolved_num_cpus),
             gpus=cfg.num_gpus,
             memory_bytes=_host_memory_bytes(),
+            gpu_memory_bytes=_gib_to_bytes(cfg.gpu_memory_gb) if cfg.num_gpus else None,
         )
         return cls(nodes=[node], cpu_slots=cfg.cpu_slots)
 
     @classmethod
-    def from_ray(cls, *, cpu_slots: int | None = None) -> ClusterResources:
-        """The alive nodes of the Ray cluster this process is connected to."""
+    def from_ray(
+        cls, *, cpu_slots: int | None = None, gpu_memory_bytes: int | None = None
+    ) -> ClusterResources:
+        """The alive nodes of the Ray cluster this process is connected to.
+
+        Ray does not report GPU memory: pass ``gpu_memory_bytes`` (e.g. from
+        ``ClusterConfig.gpu_memory_gb``) to give every GPU node that size.
+        """
         import ray
 
         if not ray.is_initialized():
@@ -163,7 +190,7 @@ class ClusterResources:
                 "or plan without a cluster with ClusterResources.local(...) or "
                 "ClusterResources.fake(...)"
             )
-        nodes = [_node_from_ray(info) for info in ray.nodes() if info.get("Alive")]
+        nodes = [_node_from_ray(info, gpu_memory_bytes) for info in ray.nodes() if info.get("Alive")]
         if not nodes:
             raise DevicePlanError("the connected Ray cluster reports no alive nodes; check `ray status`")
         return cls(nodes=nodes, cpu_slots=cpu_slots)
@@ -189,15 +216,21 @@ class ClusterResources:
         }
 
 
-def _node_from_ray(info: dict[str, Any]) -> NodeResources:
+def _node_from_ray(info: dict[str, Any], gpu_memory_bytes: int | None) -> NodeResources:
     resources = info.get("Resources", {})
+    # Fractional GPU totals do not occur on real nodes; floor keeps device ids whole.
+    gpus = int(resources.get("GPU", 0.0))
     return NodeResources(
         node_id=str(info.get("NodeID", "")),
         cpus=float(resources.get("CPU", 0.0)),
-        # Fractional GPU totals do not occur on real nodes; floor keeps device ids whole.
-        gpus=int(resources.get("GPU", 0.0)),
+        gpus=gpus,
         memory_bytes=int(resources.get("memory", 0)),
+        gpu_memory_bytes=gpu_memory_bytes if gpus else None,
     )
+
+
+def _gib_to_bytes(gib: float | None) -> int | None:
+    return None if gib is None else int(gib * 2**30)
 
 
 def _host_memory_bytes() -> int:

@@ -10,6 +10,12 @@ These are the YAML-facing models. A job names its roles and gives each a placeme
       reference: {devices: {colocate_with: actor}}
       reward:    {num_workers: 2}          # no devices: CPU-only workers
 
+or lets the planner choose (``roll.devices.auto``, from memory estimates of each role)::
+
+    roles:
+      actor:     {devices: auto}
+      rollout:   {devices: auto, memory_gb: 30}   # override the rollout's estimate
+
 ``roll.devices.plan.build_device_plan`` turns these into a validated ``DevicePlan``. The checks
 that need the whole job (ids beyond the cluster, overlaps, colocation chains, data-parallel
 divisibility) live there, because only there is the cluster known; the models here check what a
@@ -19,7 +25,7 @@ single field can.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -38,16 +44,27 @@ class ColocateWith(BaseModel):
 
 
 class RolePlacement(BaseModel):
-    """Where one role's workers run: global device ids, another role's devices, or none."""
+    """Where one role's workers run: global device ids, another role's devices, auto, or none."""
 
     model_config = ConfigDict(extra="forbid")
 
-    devices: list[int] | ColocateWith | None = Field(
+    devices: list[int] | ColocateWith | Literal["auto"] | None = Field(
         default=None,
         description=(
             "Global device ids (GPUs, or CPU slots on a CPU-only cluster) for this role, one "
             "worker per id, e.g. [0, 1]; or {colocate_with: <role>} to share another role's "
-            "devices; or null/omitted for a role that needs no device (e.g. a CPU reward worker)."
+            "devices; or 'auto' to let the planner choose from the role's memory estimate and the "
+            "cluster (`roll plan` says why); or null/omitted for a role that needs no device "
+            "(e.g. a CPU reward worker)."
+        ),
+    )
+    memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Memory one worker of this role needs on its device, in GiB (2**30 bytes), replacing "
+            "the planner's estimate (weights, gradients, optimizer, KV cache). Used by "
+            "devices: auto when it checks what fits on a GPU. Null: estimate it."
         ),
     )
     num_workers: int = Field(
@@ -86,6 +103,11 @@ class RolePlacement(BaseModel):
         return self
 
     @property
+    def is_auto(self) -> bool:
+        """True for ``devices: auto`` (the planner chooses)."""
+        return self.devices == "auto"
+
+    @property
     def colocate_target(self) -> str | None:
         """The role named by ``devices: {colocate_with: ...}``, else None."""
         return self.devices.colocate_with if isinstance(self.devices, ColocateWith) else None
@@ -122,6 +144,15 @@ class ClusterConfig(BaseModel):
         description=(
             "On a cluster without GPUs: how many device slots its CPUs are divided into (device "
             "ids 0..cpu_slots-1). Null: one slot per CPU."
+        ),
+    )
+    gpu_memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Memory of one GPU in GiB (2**30 bytes), e.g. 80. Ray does not report it; roles with "
+            "devices: auto use it to decide what fits on a GPU. Null: unknown, so the planner "
+            "colocates auto roles without checking memory (and says so)."
         ),
     )
 

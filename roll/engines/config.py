@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from roll.config.base import ConfigBase
+from roll.models.lora import LoraConfig
 
 
 class OptimConfig(ConfigBase):
@@ -32,6 +33,9 @@ class OptimConfig(ConfigBase):
     )
     micro_batch_size: int = Field(
         64, ge=1, description="Rows per forward/backward; gradients accumulate over a mini-batch."
+    )
+    lora: LoraConfig | None = Field(
+        None, description="Train LoRA adapters instead of all weights; null = full fine-tuning."
     )
     threads: int | None = Field(
         None, ge=1, description="torch threads in training workers; null takes the device plan's."

@@ -17,7 +17,8 @@ from roll.devices.offload import OffloadManager
 from roll.engines.base import LossFn
 from roll.engines.config import OptimConfig
 from roll.engines.logprobs import response_logprobs
-from roll.engines.weights import state_to_numpy
+from roll.engines.weights import tensors_to_numpy
+from roll.models.lora import apply_lora, merged_state_dict
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
@@ -45,11 +46,14 @@ class TorchTrainEngine:
     """Trains ``model`` in place. ``total_steps`` = optimizer steps in the run (for the schedule)."""
 
     def __init__(self, model: torch.nn.Module, cfg: OptimConfig, total_steps: int, role: str) -> None:
+        if cfg.lora is not None:
+            model = apply_lora(model, cfg.lora)
         self.model = model
         self.cfg = cfg
         self.device = next(model.parameters()).device
+        trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg, max(1, total_steps))
@@ -131,11 +135,12 @@ class TorchTrainEngine:
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + float(value) * share
         self._all_reduce_grads()
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if self.cfg.max_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
         else:
             norm = torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None])
+                torch.stack([p.grad.norm() for p in params if p.grad is not None])
             )
         self.optimizer.step()
         self.scheduler.step()
@@ -147,6 +152,8 @@ class TorchTrainEngine:
             return
         world = dist.get_world_size()
         for param in self.model.parameters():
+            if not param.requires_grad:
+                continue
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
@@ -154,7 +161,14 @@ class TorchTrainEngine:
 
     # ---- state --------------------------------------------------------------------------------
     def state_dict_numpy(self) -> dict[str, np.ndarray]:
-        return state_to_numpy(self.model)
+        """Weights under plain HF names (LoRA merged), as numpy, for the rollout."""
+        return tensors_to_numpy(merged_state_dict(self.model))
+
+    @torch.no_grad()
+    def reference_logprobs(self, tensors: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+        """Log-probs under the base model (adapters disabled): the LoRA reference, no copy."""
+        with self.model.disable_adapter():
+            return self.forward_logprobs(tensors, temperature)
 
     def save_checkpoint(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,12 @@ import torch
 
 
 def state_to_numpy(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return tensors_to_numpy(module.state_dict())
+
+
+def tensors_to_numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     out = {}
-    for name, tensor in module.state_dict().items():
+    for name, tensor in tensors.items():
         t = tensor.detach().to("cpu").contiguous()
         out[name] = t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
     return out

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import ray
 
-from roll.config.loader import LoadedJob
+from roll.config.loader import LoadedJob, dump_yaml
 from roll.config.registry import get_pipeline
 from roll.devices import ClusterResources, DevicePlan, PlacementManager, build_device_plan
 from roll.errors import CheckpointError
@@ -95,6 +95,8 @@ def run_job(job: LoadedJob, *, resume: bool = False, stream: TextIO | None = Non
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_for(job)  # validate before starting anything
+    # the resolved job, for `roll export model` and for humans
+    (run_dir / "job.yaml").write_text(dump_yaml(job.config.model_dump(mode="json")))
     run_id = _run_id(run_dir, resume, cfg.name)
     started = _start_ray(job)
     store = RunStore(run_dir / "roll.sqlite")

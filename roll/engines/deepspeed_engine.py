@@ -1,0 +1,407 @@
+"""The DeepSpeed training engine: ZeRO stages 0-3, bf16, CPU optimizer/parameter offload, behind
+the same calls as ``TorchTrainEngine`` (``engine: deepspeed`` on the actor).
+
+Same math as the torch engine. Every mini-batch is exactly one DeepSpeed optimizer step: the
+engine sets DeepSpeed's gradient-accumulation steps to the number of micro-batches of the
+mini-batch and marks the accumulation boundary itself on the last one. Each micro-batch loss is
+weighted by its share of ``tensors[weight_key].sum()`` within the mini-batch and passed to
+``engine.backward(..., scale_wrt_gas=False)``, so DeepSpeed does not divide it again by the
+accumulation steps. DeepSpeed clips at ``max_grad_norm``, averages gradients over data-parallel
+ranks, and steps a ``LambdaLR`` over ``roll.engines.torch_engine.lr_lambda``.
+
+JIT builds. DeepSpeed compiles C++ ops on first use (cached in ~/.cache/torch_extensions). Two are
+avoided here:
+
+* the shared-memory allreduce (``deepspeed_shm_comm``, +25 s) that DeepSpeed's CPU accelerator
+  builds when its communication backend starts. It only speeds up collectives between CPU ranks on
+  one host; unless ``cpu_shm_comm`` is set, the op is marked incompatible in DeepSpeed's op table
+  before the backend starts, so collectives go through plain gloo.
+* DeepSpeed's own Adam (FusedAdam / cpu_adam, +40 s): with ``torch_optimizer`` (default) a
+  ``torch.optim.AdamW`` is the client optimizer. Under ``offload_optimizer`` it then runs on the
+  CPU master weights (``zero_force_ds_cpu_optimizer: false``): correct, slower than
+  DeepSpeedCPUAdam on large models. ``torch_optimizer: false`` selects DeepSpeed's AdamW
+  (DeepSpeedCPUAdam with offload), which JIT-builds on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import Field, model_validator
+
+from roll.config.base import ConfigBase
+from roll.devices.offload import OffloadManager
+from roll.engines.base import LossFn
+from roll.engines.config import OptimConfig
+from roll.engines.logprobs import response_logprobs
+from roll.engines.torch_engine import lr_lambda, slice_rows
+
+CHECKPOINT_TAG = "engine"
+
+
+class DeepSpeedConfig(ConfigBase):
+    """How DeepSpeed shards and places the actor's training state (ZeRO stage, offload, bf16)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2,
+        description="ZeRO stage: 0 plain data parallel, 1 shards optimizer state, 2 also gradients, "
+        "3 also parameters.",
+    )
+    offload_optimizer: bool = Field(
+        False, description="Keep optimizer state and fp32 master weights in CPU memory (ZeRO 1-3)."
+    )
+    offload_params: bool = Field(
+        False, description="Keep parameters in CPU memory between uses (ZeRO-3 only)."
+    )
+    bf16: bool = Field(
+        False, description="Train in bf16 with fp32 master weights; the model is cast to bf16."
+    )
+    torch_optimizer: bool = Field(
+        True,
+        description="Use torch.optim.AdamW as the client optimizer (no JIT-built DeepSpeed Adam); "
+        "false selects DeepSpeed's AdamW (FusedAdam, or DeepSpeedCPUAdam with offload_optimizer), "
+        "built on first use.",
+    )
+    allgather_bucket_size: int | None = Field(
+        None, gt=0, description="Elements per ZeRO all-gather bucket; null keeps DeepSpeed's default."
+    )
+    reduce_bucket_size: int | None = Field(
+        None, gt=0, description="Elements per ZeRO gradient-reduce bucket; null keeps DeepSpeed's default."
+    )
+    cpu_shm_comm: bool = Field(
+        False,
+        description="On CPU ranks, let DeepSpeed JIT-build its shared-memory allreduce (+25 s on first "
+        "use, faster collectives between ranks of one host); false uses gloo as is.",
+    )
+    extra: dict[str, Any] = Field(
+        {},
+        description="Merged (recursively) into the generated DeepSpeed JSON config last, for options "
+        "this section does not name; keys are passed to DeepSpeed unchecked.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DeepSpeedConfig":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(
+                "deepspeed.offload_params needs deepspeed.zero_stage: 3; set zero_stage to 3 or "
+                "offload_params to false"
+            )
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError(
+                "deepspeed.offload_optimizer needs ZeRO: set deepspeed.zero_stage to 1, 2 or 3, "
+                "or offload_optimizer to false"
+            )
+        return self
+
+    def ds_config(self, optim: OptimConfig) -> dict[str, Any]:
+        """The DeepSpeed JSON config. Accumulation steps start at 1; each train_step sets them."""
+        zero: dict[str, Any] = {"stage": self.zero_stage}
+        if self.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        if self.offload_params:
+            zero["offload_param"] = {"device": "cpu"}
+        if self.allgather_bucket_size is not None:
+            zero["allgather_bucket_size"] = self.allgather_bucket_size
+        if self.reduce_bucket_size is not None:
+            zero["reduce_bucket_size"] = self.reduce_bucket_size
+        config: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": optim.micro_batch_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": optim.max_grad_norm or 0.0,
+            "zero_optimization": zero,
+            "bf16": {"enabled": self.bf16},
+            "zero_force_ds_cpu_optimizer": not self.torch_optimizer,
+            "steps_per_print": 2**31 - 1,
+            "wall_clock_breakdown": False,
+        }
+        if not self.torch_optimizer:
+            config["optimizer"] = {
+                "type": "AdamW",
+                "params": {
+                    "lr": optim.lr,
+                    "betas": list(optim.betas),
+                    "eps": optim.eps,
+                    "weight_decay": optim.weight_decay,
+                },
+            }
+        return merge_config(config, self.extra)
+
+
+def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``; nested dicts merge key by key, other values replace."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def free_tcp_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def start_deepspeed_comm(cpu_shm_comm: bool) -> bool:
+    """Make sure a torch.distributed group exists and DeepSpeed's comm layer uses it.
+
+    Without a group (a single process outside a worker group) a world-1 gloo group is started on a
+    free local port. Returns True when this call created the group (the caller destroys it).
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu" and not cpu_shm_comm:
+        # The CPU comm backend builds this op whenever it is marked compatible (no setting skips it).
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # Ray gives each worker its own device, visible as index 0; DeepSpeed reads the index here.
+    os.environ.setdefault("LOCAL_RANK", "0")
+    created = not dist.is_initialized()
+    if created:
+        backend = "gloo" if get_accelerator().device_name() == "cpu" else "nccl"
+        dist.init_process_group(backend, init_method=free_tcp_address(), rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False, verbose=False)
+    return created
+
+
+class DeepSpeedTrainEngine:
+    """Trains ``model`` with DeepSpeed. ``total_steps`` = optimizer steps in the run (for the schedule).
+
+    ``model`` stays the Hugging Face module (``self.model``); under ZeRO-3 its parameters are
+    partitioned, so read weights with ``state_dict_numpy()``, not ``model.state_dict()``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: OptimConfig,
+        ds: DeepSpeedConfig,
+        total_steps: int,
+        role: str,
+    ) -> None:
+        import deepspeed
+
+        self.cfg = cfg
+        self.ds = ds
+        self.role = role
+        self._owns_group = start_deepspeed_comm(ds.cpu_shm_comm)
+        client_optimizer = None
+        scheduler = None
+        if ds.torch_optimizer:
+            client_optimizer = torch.optim.AdamW(
+                model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            )
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                client_optimizer, lr_lambda(cfg, max(1, total_steps))
+            )
+        else:
+
+            def scheduler(optimizer):  # DeepSpeed builds the optimizer, then calls this with it
+                return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, max(1, total_steps)))
+
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=None if client_optimizer else list(model.parameters()),
+            optimizer=client_optimizer,
+            lr_scheduler=scheduler,
+            config=ds.ds_config(cfg),
+            dist_init_required=False,
+        )
+        self.model = self.engine.module
+        self.device = self.engine.device
+        self.offloader = self._offload_manager()
+
+    # ---- inference-mode passes --------------------------------------------------------------
+    @torch.no_grad()
+    def forward_logprobs(self, tensors: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+        """[B, R] float32 log-probs of the response tokens, micro-batched."""
+        self.offloader.require_active("forward_logprobs")
+        self.engine.eval()
+        parts = []
+        rows = tensors["input_ids"].shape[0]
+        for start in range(0, rows, self.cfg.micro_batch_size):
+            micro = slice_rows(tensors, start, start + self.cfg.micro_batch_size)
+            parts.append(
+                response_logprobs(
+                    self.engine,
+                    micro["input_ids"].to(self.device),
+                    micro["attention_mask"].to(self.device),
+                    micro["response_mask"].shape[1],
+                    temperature,
+                )
+            )
+        return torch.cat(parts, dim=0)
+
+    # ---- optimisation ----------------------------------------------------------------------
+    def train_step(
+        self, tensors: dict[str, torch.Tensor], loss_fn: LossFn, weight_key: str
+    ) -> dict[str, float]:
+        """Run ``epochs × mini_batches`` optimizer steps over ``tensors`` (as TorchTrainEngine).
+
+        ``loss_fn(model, micro)`` gets the DeepSpeed engine as ``model`` (call it like the HF
+        module). Returns stats averaged over micro-batches (share-weighted) plus
+        ``actor/grad_norm`` (before clipping), ``actor/lr`` and ``time/train_compute``.
+        """
+        self.offloader.require_active("train_step")
+        self.engine.train()
+        rows = tensors["input_ids"].shape[0]
+        if rows % self.cfg.mini_batches:
+            raise ValueError(
+                f"train batch of {rows} rows does not split into train.mini_batches="
+                f"{self.cfg.mini_batches}; choose a divisor of {rows}"
+            )
+        mini_size = rows // self.cfg.mini_batches
+        micro_batches = -(-mini_size // self.cfg.micro_batch_size)
+        # DeepSpeed's accumulation steps = micro-batches per mini-batch (bookkeeping and sample
+        # counts); the boundary itself is set explicitly in _optimizer_step.
+        self.engine.set_train_batch_size(
+            self.cfg.micro_batch_size * micro_batches * self.engine.dp_world_size
+        )
+        totals: dict[str, float] = {}
+        grad_norms: list[float] = []
+        start_time = time.perf_counter()
+        for _ in range(self.cfg.epochs):
+            for mini_start in range(0, rows, mini_size):
+                mini = slice_rows(tensors, mini_start, mini_start + mini_size)
+                grad_norms.append(self._optimizer_step(mini, loss_fn, weight_key, totals))
+        n_steps = self.cfg.epochs * self.cfg.mini_batches
+        stats = {k: v / n_steps for k, v in totals.items()}
+        stats["actor/grad_norm"] = float(np.mean(grad_norms))
+        stats["actor/lr"] = float(self.scheduler.get_last_lr()[0])
+        stats["time/train_compute"] = time.perf_counter() - start_time
+        return stats
+
+    def _optimizer_step(self, mini, loss_fn: LossFn, weight_key: str, totals: dict) -> float:
+        weights = mini[weight_key].float()
+        total_weight = weights.sum().clamp(min=1e-8)
+        rows = weights.shape[0]
+        starts = list(range(0, rows, self.cfg.micro_batch_size))
+        norm = None
+        for start in starts:
+            last = start == starts[-1]
+            self.engine.set_gradient_accumulation_boundary(last)
+            micro = {
+                k: v.to(self.device)
+                for k, v in slice_rows(mini, start, start + self.cfg.micro_batch_size).items()
+            }
+            share = float(weights[start : start + self.cfg.micro_batch_size].sum() / total_weight)
+            loss, stats = loss_fn(self.engine, micro)
+            self.engine.backward(loss * share, scale_wrt_gas=False)
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + float(value) * share
+            if last:
+                norm = self._plain_grad_norm()
+            self.engine.step()
+        ds_norm = self.engine.get_global_grad_norm()
+        return float(ds_norm if ds_norm is not None else norm)
+
+    def _plain_grad_norm(self) -> float | None:
+        """Norm of the reduced module gradients where DeepSpeed does not report one (ZeRO-0 fp32:
+        the client optimizer steps on plain ``.grad``s and DeepSpeed keeps no norm)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_dict_numpy(self) -> dict[str, np.ndarray]:
+        """Full weights on every rank (ZeRO-3 gathers them); bf16 travels as int16 bit patterns."""
+        import deepspeed
+
+        self.offloader.require_active("state_dict_numpy")
+        params = list(self.model.parameters()) if self.ds.zero_stage == 3 else []
+        out = {}
+        with deepspeed.zero.GatheredParameters(params, enabled=bool(params)):
+            for name, tensor in self.model.state_dict().items():
+                t = tensor.detach().to("cpu", copy=True).contiguous()  # own copy: ZeRO-3 frees the gather
+                out[name] = t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+        return out
+
+    def save_checkpoint(self, folder: Path) -> None:
+        """Model, optimizer and LR schedule into ``folder`` (shared by all ranks; each writes its
+        shards). Collective: every rank calls it."""
+        self.offloader.require_active("save_checkpoint")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        self.offloader.require_active("load_checkpoint")
+        path, _ = self.engine.load_checkpoint(
+            str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint '{CHECKPOINT_TAG}' in {folder}")
+
+    # ---- offload ------------------------------------------------------------------------------
+    def _offload_manager(self) -> OffloadManager:
+        """State machine and byte accounting over the module, the optimizer state and the fp32
+        master weights (and ZeRO-3 parameter partitions)."""
+        if self.ds.zero_stage == 0:
+            manager = OffloadManager(self.role, self.device)
+        else:
+            manager = _ZeroOffloadManager(self.role, self.device, self.engine)
+        manager.track_module("model", self.model)
+        basic = self.engine.basic_optimizer
+        manager.track_optimizer("optimizer", basic)
+        module_params = {id(p) for p in self.model.parameters()}
+        extra = torch.nn.Module()
+        masters = [p for group in basic.param_groups for p in group["params"] if id(p) not in module_params]
+        partitions = [p.ds_tensor for p in self.model.parameters() if hasattr(p, "ds_tensor")]
+        for i, tensor in enumerate(masters + partitions):
+            extra.register_buffer(f"t{i}", tensor, persistent=False)
+        manager.track_module("deepspeed_state", extra)
+        return manager
+
+    def offload(self) -> dict[str, Any]:
+        self.offloader.offload()
+        return self.offloader.stats()
+
+    def reload(self) -> dict[str, Any]:
+        self.offloader.reload()
+        return self.offloader.stats()
+
+    def destroy(self) -> None:
+        """Release DeepSpeed's hooks and buffers; end the process group if this engine started it."""
+        import deepspeed.comm
+
+        self.engine.destroy()
+        if self._owns_group and dist.is_initialized():
+            deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached subgroups
+        self._owns_group = False
+
+
+class _ZeroOffloadManager(OffloadManager):
+    """OffloadManager's state machine and accounting; DeepSpeed moves the data.
+
+    ZeRO keeps parameters as views into flat buffers, so moving tensors one by one would break
+    them: on an accelerator ``engine.offload_states()`` / ``reload_states()`` move everything.
+    """
+
+    def __init__(self, name: str, device: torch.device | str, engine: Any) -> None:
+        super().__init__(name, device)
+        self._engine = engine
+
+    @property
+    def moves_data(self) -> bool:
+        return False
+
+    def offload(self) -> int:
+        nbytes = super().offload()  # checks the state, counts the bytes still on the device
+        if self.device.type != "cpu":
+            self._engine.offload_states()
+        return nbytes
+
+    def reload(self) -> int:
+        nbytes = super().reload()
+        if self.device.type != "cpu":
+            self._engine.reload_states()
+        return nbytes
