@@ -166,7 +166,8 @@ class ActorLossParams:
             raise ValueError(f"unknown actor loss {self.loss!r}; set loss to 'ppo' or 'gspo'")
         if self.clip_eps_low < 0 or self.clip_eps_high < 0:
             raise ValueError(
-                f"clip_eps_low and clip_eps_high must be >= 0, got {self.clip_eps_low} and {self.clip_eps_high}"
+                "clip_eps_low and clip_eps_high must be >= 0, got "
+                f"{self.clip_eps_low} and {self.clip_eps_high}"
             )
         if self.clip_ratio_c is not None:
             if self.loss != "ppo":
@@ -245,7 +246,8 @@ def compute_actor_loss(
     if ref_logp is None:
         if cfg.use_kl_loss and cfg.kl_coef != 0:
             raise ValueError(
-                f"kl_coef is {cfg.kl_coef} but ref_logp is None; pass the reference log-probs or set kl_coef to 0"
+                f"kl_coef is {cfg.kl_coef} but ref_logp is None; "
+                "pass the reference log-probs or set kl_coef to 0"
             )
         kl = torch.zeros((), dtype=policy_loss.dtype, device=policy_loss.device)
     else:

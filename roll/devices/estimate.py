@@ -144,10 +144,10 @@ class MemoryEstimate:
     def describe(self, device_word: str = "GPU") -> str:
         """E.g. "~104.3 GiB per GPU (weights 13.0 + grads 13.0 + Adam 52.2 + fp32 master 26.1,
         ZeRO-0 over 1 GPU)"."""
+        if self.kind == "unknown":
+            return "no memory estimate given (assumed to fit)"
         unit, scale = _unit(self.total)
         head = f"~{self.total / scale:.1f} {unit} per {device_word}"
-        if self.kind == "unknown":
-            return f"{head} (no estimate given)"
         if "memory_gb" in self.parts:
             return f"{head} (memory_gb set)"
         terms = " + ".join(f"{label} {b / scale:.1f}" for label, b in self.parts.items())

@@ -12,6 +12,8 @@ Sharing rules:
   device group time-share it (offload/reload), splitting the device's Ray CPU/GPU reservation.
 - Two roles with explicit, overlapping lists are an error: sharing must be said with colocate_with.
 - A role without devices runs ``num_workers`` CPU workers outside the placement group.
+- ``devices: auto`` is first replaced by ids or colocate_with (``roll.devices.auto.plan_auto``, from
+  the roles' ``RoleNeeds``); the plan keeps its reasons and prints them under the table.
 
 Derived values: each device gets ``cpus_per_device`` Ray CPUs (the cluster's CPUs split evenly over
 its devices, floored to 0.01, lowered so that the device-less roles still fit); a worker's
@@ -22,13 +24,14 @@ share (at least 1), since colocated roles take turns rather than run at once.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from io import StringIO
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from roll.devices.auto import MEMORY_MARGIN, Prefer, plan_auto
 from roll.devices.checks import (
     check_batch_sizes,
     check_explicit_devices,
@@ -36,6 +39,7 @@ from roll.devices.checks import (
     raise_if_problems,
     resolve_colocation,
 )
+from roll.devices.estimate import RoleNeeds
 from roll.devices.resources import ClusterResources, format_ids
 from roll.devices.spec import RolePlacement
 from roll.errors import DevicePlanError
@@ -86,11 +90,14 @@ class DevicePlan:
         cluster: the resources the plan was made for.
         roles: role name -> its assignment, in the order the roles were given.
         cpus_per_device: Ray CPUs reserved with each device (the placement bundle size).
+        reasons: why ``devices: auto`` roles were placed as they are, one line each (empty when no
+            role is auto).
     """
 
     cluster: ClusterResources
     roles: dict[str, RoleAssignment]
     cpus_per_device: float
+    reasons: list[str] = field(default_factory=list)
 
     def used_devices(self) -> list[int]:
         """Sorted device ids that at least one role uses."""
@@ -155,10 +162,13 @@ class DevicePlan:
         return lines
 
     def render(self, width: int = 100) -> str:
-        """The plan as plain text (no colour codes): the table, then the device groups and grid."""
+        """The plan as plain text (no colour codes): the table, the reasons of auto placements
+        ("why: ..."), then the device groups and grid."""
         buffer = StringIO()
         console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
         console.print(self.to_table())
+        for reason in self.reasons:
+            console.print(f"why: {reason}", highlight=False, markup=False)
         for line in self.grid_lines():
             console.print(line, highlight=False, markup=False)
         return buffer.getvalue()
@@ -169,6 +179,7 @@ class DevicePlan:
             "cluster": self.cluster.to_dict(),
             "cpus_per_device": self.cpus_per_device,
             "roles": {name: asdict(a) for name, a in self.roles.items()},
+            "reasons": list(self.reasons),
             "device_groups": [
                 {"devices": list(ids), "roles": names} for ids, names in self.device_groups().items()
             ],
@@ -180,6 +191,9 @@ def build_device_plan(
     cluster: ClusterResources,
     *,
     dp_batch_sizes: dict[str, int] | None = None,
+    needs: dict[str, RoleNeeds] | None = None,
+    prefer: Prefer = "auto",
+    margin: float = MEMORY_MARGIN,
 ) -> DevicePlan:
     """Resolve and validate role placements on ``cluster``.
 
@@ -188,10 +202,18 @@ def build_device_plan(
         cluster: the cluster to plan for (``ClusterResources.from_ray/local/fake``).
         dp_batch_sizes: role -> a batch size that is split across the role's data-parallel
             workers; each must be divisible by the role's dp size.
+        needs: role name -> memory needs, used to place ``devices: auto`` roles (a role missing
+            here is placed without a memory check).
+        prefer: how auto roles are placed: "auto", "colocate" or "disaggregate" (see
+            ``roll.devices.auto``).
+        margin: share of a device's memory auto placement may fill.
 
     Raises:
         DevicePlanError: listing every problem found, each with how to fix it.
     """
+    roles, reasons = plan_auto(
+        roles, needs or {}, cluster, prefer=prefer, dp_batch_sizes=dp_batch_sizes, margin=margin
+    )
     problems = check_explicit_devices(roles, cluster)
     resolved, colocate_problems = resolve_colocation(roles)
     problems += colocate_problems
@@ -227,7 +249,7 @@ def build_device_plan(
             needs_device=needs_device,
         )
     raise_if_problems(check_batch_sizes(assignments, dp_batch_sizes or {}, cluster))
-    return DevicePlan(cluster=cluster, roles=assignments, cpus_per_device=cpus_per_device)
+    return DevicePlan(cluster=cluster, roles=assignments, cpus_per_device=cpus_per_device, reasons=reasons)
 
 
 def _cpus_per_device(cluster: ClusterResources, num_used: int, reserve: float) -> float:

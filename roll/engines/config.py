@@ -34,6 +34,11 @@ class OptimConfig(ConfigBase):
     micro_batch_size: int = Field(
         64, ge=1, description="Rows per forward/backward; gradients accumulate over a mini-batch."
     )
+    dtype: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Training compute dtype. bf16 = autocast over fp32 master weights (AMX on CPU); "
+        "model.dtype sets the rollout/reference weights' dtype.",
+    )
     lora: LoraConfig | None = Field(
         None, description="Train LoRA adapters instead of all weights; null = full fine-tuning."
     )

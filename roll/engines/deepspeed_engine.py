@@ -42,6 +42,7 @@ from roll.engines.base import LossFn
 from roll.engines.config import OptimConfig
 from roll.engines.logprobs import response_logprobs
 from roll.engines.torch_engine import lr_lambda, slice_rows
+from roll.errors import CheckpointError
 
 CHECKPOINT_TAG = "engine"
 
@@ -339,27 +340,37 @@ class DeepSpeedTrainEngine:
             str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint '{CHECKPOINT_TAG}' in {folder}")
+            raise CheckpointError(
+                f"no DeepSpeed checkpoint '{CHECKPOINT_TAG}' in {folder}; resume from a folder that "
+                "save_checkpoint wrote with the deepspeed engine"
+            )
 
     # ---- offload ------------------------------------------------------------------------------
     def _offload_manager(self) -> OffloadManager:
-        """State machine and byte accounting over the module, the optimizer state and the fp32
-        master weights (and ZeRO-3 parameter partitions)."""
+        """State machine and byte accounting over the module, the optimizer state, the fp32
+        master weights and (ZeRO-3) the parameter partitions."""
         if self.ds.zero_stage == 0:
             manager = OffloadManager(self.role, self.device)
         else:
-            manager = _ZeroOffloadManager(self.role, self.device, self.engine)
+            manager = _ZeroOffloadManager(self.role, self.device, self.engine, self.ds.offload_params)
         manager.track_module("model", self.model)
-        basic = self.engine.basic_optimizer
-        manager.track_optimizer("optimizer", basic)
-        module_params = {id(p) for p in self.model.parameters()}
-        extra = torch.nn.Module()
-        masters = [p for group in basic.param_groups for p in group["params"] if id(p) not in module_params]
-        partitions = [p.ds_tensor for p in self.model.parameters() if hasattr(p, "ds_tensor")]
-        for i, tensor in enumerate(masters + partitions):
-            extra.register_buffer(f"t{i}", tensor, persistent=False)
-        manager.track_module("deepspeed_state", extra)
+        manager.track_optimizer("optimizer", self.engine.basic_optimizer)
+        state = torch.nn.Module()  # holds DeepSpeed's own tensors (by reference) for the manager
+        for i, tensor in enumerate(self._deepspeed_tensors()):
+            state.register_buffer(f"t{i}", tensor, persistent=False)
+        manager.track_module("deepspeed_state", state)
         return manager
+
+    def _deepspeed_tensors(self) -> list[torch.Tensor]:
+        """Tensors DeepSpeed keeps beside the module's parameters: fp32 master weights (ZeRO-0 bf16,
+        ZeRO-1/2: the client optimizer's parameters; ZeRO-3: its flat partitions, handed to the
+        optimizer one sub-group at a time) and ZeRO-3's parameter partitions."""
+        if self.ds.zero_stage == 3:
+            masters = list(self.engine.optimizer.fp32_partitioned_groups_flat)
+            return masters + [p.ds_tensor for p in self.model.parameters()]
+        module_params = {id(p) for p in self.model.parameters()}
+        groups = self.engine.basic_optimizer.param_groups
+        return [p for group in groups for p in group["params"] if id(p) not in module_params]
 
     def offload(self) -> dict[str, Any]:
         self.offloader.offload()
@@ -384,11 +395,14 @@ class _ZeroOffloadManager(OffloadManager):
 
     ZeRO keeps parameters as views into flat buffers, so moving tensors one by one would break
     them: on an accelerator ``engine.offload_states()`` / ``reload_states()`` move everything.
+    DeepSpeed refuses that under ``offload_params``; parameters and (with ``offload_optimizer``)
+    optimizer state already live in host memory then, so only the state changes.
     """
 
-    def __init__(self, name: str, device: torch.device | str, engine: Any) -> None:
+    def __init__(self, name: str, device: torch.device | str, engine: Any, offload_params: bool) -> None:
         super().__init__(name, device)
         self._engine = engine
+        self._deepspeed_moves = self.device.type != "cpu" and not offload_params
 
     @property
     def moves_data(self) -> bool:
@@ -396,12 +410,12 @@ class _ZeroOffloadManager(OffloadManager):
 
     def offload(self) -> int:
         nbytes = super().offload()  # checks the state, counts the bytes still on the device
-        if self.device.type != "cpu":
+        if self._deepspeed_moves:
             self._engine.offload_states()
         return nbytes
 
     def reload(self) -> int:
         nbytes = super().reload()
-        if self.device.type != "cpu":
+        if self._deepspeed_moves:
             self._engine.reload_states()
         return nbytes

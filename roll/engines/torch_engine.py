@@ -46,6 +46,7 @@ class TorchTrainEngine:
     """Trains ``model`` in place. ``total_steps`` = optimizer steps in the run (for the schedule)."""
 
     def __init__(self, model: torch.nn.Module, cfg: OptimConfig, total_steps: int, role: str) -> None:
+        model = model.float()  # master weights are fp32 whatever the checkpoint's dtype
         if cfg.lora is not None:
             model = apply_lora(model, cfg.lora)
         self.model = model
@@ -72,8 +73,13 @@ class TorchTrainEngine:
         rows = tensors["input_ids"].shape[0]
         for start in range(0, rows, self.cfg.micro_batch_size):
             micro = slice_rows(tensors, start, start + self.cfg.micro_batch_size)
-            parts.append(self._logprobs(micro, temperature))
+            with self.autocast():
+                parts.append(self._logprobs(micro, temperature))
         return torch.cat(parts, dim=0)
+
+    def autocast(self) -> torch.autocast:
+        """bf16 compute over fp32 master weights when ``train.dtype: bf16`` (AMX on CPU)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bf16")
 
     def _logprobs(self, micro: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
         return response_logprobs(
@@ -130,7 +136,8 @@ class TorchTrainEngine:
                 for k, v in slice_rows(mini, start, start + self.cfg.micro_batch_size).items()
             }
             share = float(weights[start : start + self.cfg.micro_batch_size].sum() / total_weight)
-            loss, stats = loss_fn(self.model, micro)
+            with self.autocast():
+                loss, stats = loss_fn(self.model, micro)
             (loss * share).backward()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + float(value) * share

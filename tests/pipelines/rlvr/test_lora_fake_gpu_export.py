@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
-
 from helpers import read_run, run_roll
+from transformers import AutoModelForCausalLM
 
 
 def test_lora_job_on_fake_gpu_and_export(tmp_path: Path) -> None:

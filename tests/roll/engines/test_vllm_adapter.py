@@ -255,12 +255,9 @@ def test_weight_items_untied_keep_lm_head_and_need_it() -> None:
     }
     items = dict(hf_to_vllm_weight_items(state, torch.float32))
     assert sorted(items) == ["lm_head.weight", "model.embed_tokens.weight"]
+    embed_only = {"model.embed_tokens.weight": state["model.embed_tokens.weight"]}
     with pytest.raises(KeyError, match="lm_head.weight"):
-        list(
-            hf_to_vllm_weight_items(
-                {"model.embed_tokens.weight": state["model.embed_tokens.weight"]}, torch.float32
-            )
-        )
+        list(hf_to_vllm_weight_items(embed_only, torch.float32))
 
 
 def test_weight_items_from_a_real_tied_model_state() -> None:
@@ -339,3 +336,161 @@ def test_model_folder_needs_a_hugging_face_folder(tmp_path: Path) -> None:
         model_folder(ModelConfig(source="smollm2", cache_dir=str(tmp_path / "missing")))
     (tmp_path / "config.json").write_text("{}")
     assert model_folder(ModelConfig(source="smollm2", cache_dir=str(tmp_path))) == tmp_path.resolve()
+
+
+# ---- the engine's control flow against a fake vllm module ----------------------------------------
+class FakeLLMEngine:
+    """vLLM's LLMEngine as the adapter drives it: add_request returns an internal id (external id plus
+    a suffix, as vLLM >= 0.11 does), step() gives cumulative outputs, abort_request takes our ids.
+    Request r emits tokens 10 + r, 11 + r, ...; an EOS (the last stop token id) as token number
+    ``eos_after`` (never when 0)."""
+
+    def __init__(self, output_ids: str, eos_after: int, step_s: float) -> None:
+        self.output_ids, self.eos_after, self.step_s = output_ids, eos_after, step_s
+        self.running: dict[str, dict] = {}
+        self.aborted: list[str] = []
+
+    def add_request(self, request_id: str, prompt: dict, params: FakeSamplingParams) -> str:
+        base = 10 + len(self.running)
+        self.running[request_id] = {"prompt": prompt, "params": params.kwargs, "base": base, "tokens": []}
+        return f"{request_id}-abcd1234"
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running)
+
+    def step(self) -> list[RequestOutput]:
+        import time
+
+        time.sleep(self.step_s)
+        outputs = []
+        for rid, req in list(self.running.items()):
+            t = len(req["tokens"])
+            ends = self.eos_after and t + 1 == self.eos_after
+            token = req["params"]["stop_token_ids"][-1] if ends else req["base"] + t
+            req["tokens"].append(token)
+            finish = None
+            if token in req["params"]["stop_token_ids"]:
+                finish = "stop"
+            elif len(req["tokens"]) == req["params"]["max_tokens"]:
+                finish = "length"
+            lps = [-0.125 * (i + 1) for i in range(len(req["tokens"]))]
+            out_id = rid if self.output_ids == "external" else f"{rid}-abcd1234"
+            outputs.append(request(out_id, list(req["tokens"]), lps, finish))
+            if finish:
+                del self.running[rid]
+        return outputs
+
+    def abort_request(self, request_ids: list[str]) -> None:
+        self.aborted.extend(request_ids)
+        for rid in request_ids:
+            self.running.pop(rid, None)
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+
+
+class FakeLLM:
+    instances: list[FakeLLM] = []
+
+    def __init__(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+        self.calls: list[str] = []
+        self.loaded: list[tuple[str, torch.Tensor]] = []
+        self.llm_engine = FakeLLMEngine(FakeLLM.output_ids, FakeLLM.eos_after, FakeLLM.step_s)
+        FakeLLM.instances.append(self)
+
+    def collective_rpc(self, method, args=()):  # noqa: ANN001 - vLLM calls method(worker, *args)
+        model = type("Model", (), {"load_weights": lambda _, weights: self.loaded.extend(weights)})()
+        worker = type("Worker", (), {"model_runner": type("Runner", (), {"model": model})()})()
+        return [method(worker, *args)]
+
+    def sleep(self, level: int) -> None:
+        self.calls.append(f"sleep({level})")
+
+    def wake_up(self) -> None:
+        self.calls.append("wake_up")
+
+    def reset_prefix_cache(self) -> None:
+        self.calls.append("reset_prefix_cache")
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    import types
+
+    from roll.models import build_tiny_model, build_tokenizer
+    from roll.models.config import TinyModelConfig
+
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeLLM.instances, FakeLLM.output_ids, FakeLLM.eos_after, FakeLLM.step_s = [], "internal", 3, 0.0
+    tok = build_tokenizer("digits")
+    model = build_tiny_model(TinyModelConfig(vocab="digits", arch="llama"), tok)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    return tmp_path, tok, model
+
+
+@pytest.mark.parametrize("output_ids", ["internal", "external"])
+def test_engine_generates_in_prompt_order(fake_vllm, output_ids: str) -> None:
+    folder, tok, _ = fake_vllm
+    FakeLLM.output_ids = output_ids
+    engine = VLLMInferEngine(folder, tok, dtype="fp32", colocated=True, logprobs_mode="processed_logprobs")
+    llm = FakeLLM.instances[0]
+    assert llm.kwargs["enable_sleep_mode"] is True and llm.kwargs["dtype"] == "float32"
+    assert tok.eos_token_id in engine.eos_ids and engine.tie_word_embeddings
+    out = engine.generate([[1, 2], [3], [4, 5, 6]], SamplingParams(max_new_tokens=4, temperature=0.7))
+    eos = tok.eos_token_id
+    assert out.response_ids.tolist() == [[10, 11, eos], [11, 12, eos], [12, 13, eos]]
+    assert out.response_mask.all() and out.finish_reasons == ["stop", "stop", "stop"]
+    assert out.logprobs[0].tolist() == [-0.125, -0.25, -0.375]
+    sent = llm.llm_engine
+    assert sent.running == {} and sent.aborted == []
+    with pytest.raises(ConfigError, match="top_p"):  # this engine's mode cannot serve truncation at T=0.7
+        engine.generate([[1]], SamplingParams(temperature=0.7, top_p=0.9))
+
+
+def test_engine_update_weights_and_sleep(fake_vllm) -> None:
+    folder, tok, model = fake_vllm
+    engine = VLLMInferEngine(folder, tok, dtype="bf16")
+    llm = FakeLLM.instances[0]
+    nbytes = engine.update_weights(state_to_numpy(model))
+    names = [name for name, _ in llm.loaded]
+    assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+    assert all(t.dtype == torch.bfloat16 for _, t in llm.loaded)
+    assert nbytes == sum(t.numel() * 2 for _, t in llm.loaded)
+    assert llm.calls == ["reset_prefix_cache"]
+    stats = engine.offload()
+    assert stats["state"] == "offloaded" and llm.calls[-1] == "sleep(1)"
+    with pytest.raises(StateError, match="cannot generate while OFFLOADED"):
+        engine.generate([[1]], SamplingParams())
+    with pytest.raises(StateError, match="cannot update_weights while OFFLOADED"):
+        engine.update_weights({})
+    assert engine.reload()["state"] == "active" and llm.calls[-1] == "wake_up"
+
+
+def test_engine_abort_all_keeps_partial_responses(fake_vllm) -> None:
+    import threading
+    import time
+
+    folder, tok, _ = fake_vllm
+    FakeLLM.eos_after, FakeLLM.step_s = 0, 0.002  # never ends on its own before max_new_tokens
+    engine = VLLMInferEngine(folder, tok, dtype="fp32")
+    assert engine.abort_all() == 0  # nothing in flight
+    box: list = []
+    thread = threading.Thread(
+        target=lambda: box.append(engine.generate([[1], [2]], SamplingParams(max_new_tokens=100_000)))
+    )
+    thread.start()
+    while thread.is_alive() and engine.abort_all() == 0:
+        time.sleep(0.001)
+    thread.join(timeout=30)
+    out = box[0]
+    assert out.finish_reasons == ["abort", "abort"]
+    lengths = out.response_mask.sum(-1)
+    assert (lengths >= 1).all() and (lengths < 100_000).all()
+    assert sorted(FakeLLM.instances[0].llm_engine.aborted) == ["roll-1-0", "roll-1-1"]
+    assert engine.abort(["roll-1-0"]) == 0
