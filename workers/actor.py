@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
-from typing import Any
 
 import ray
 import torch
 import torch.distributed as dist
 
-from roll.algos import broadcast_to_tokens, grpo_loss
+from roll.algos import broadcast_to_tokens
+from roll.algos.policy_loss import ActorLossParams, compute_actor_loss
 from roll.controller import Batch, Dispatch, Worker, register
 from roll.engines.config import OptimConfig
 from roll.engines.logprobs import response_logprobs
@@ -30,7 +31,7 @@ class ActorWorker(Worker):
         *,
         model: ModelConfig,
         train: OptimConfig,
-        algo: Any,
+        loss_params: ActorLossParams,
         temperature: float,
         total_optimizer_steps: int,
         seed: int,
@@ -38,7 +39,8 @@ class ActorWorker(Worker):
     ) -> None:
         super().__init__(rank, world_size, role)
         setup_process(train.threads or threads, seed + rank)
-        self.algo = algo
+        self.base_loss_params: ActorLossParams = loss_params
+        self.loss_params = loss_params
         self.temperature = temperature
         net, self.tokenizer = load_model(model, self.device)
         self.engine = TorchTrainEngine(net, train, total_optimizer_steps, role)
@@ -71,32 +73,39 @@ class ActorWorker(Worker):
 
     @register(Dispatch.SPLIT_BY_DP, collect=mean_metrics)
     def train_step(self, batch: Batch) -> dict[str, float]:
+        """batch: input_ids, attention_mask, response_mask, old_logprobs, advantages ([B] or
+        [B, R]) and, with a KL loss, ref_logprobs; meta "kl_coef" overrides the loss's KL weight
+        (adaptive KL control)."""
         tensors = dict(batch.tensors)
         mask = tensors["response_mask"].float()
-        tensors["token_advantages"] = broadcast_to_tokens(tensors["advantages"], mask)
+        adv = tensors.pop("advantages")
+        tensors["token_advantages"] = adv * mask if adv.dim() == 2 else broadcast_to_tokens(adv, mask)
         tensors["row_weight"] = (mask.sum(-1) > 0).float()
-        weight_key = "response_mask" if self.algo.loss_agg == "token-mean" else "row_weight"
+        self.loss_params = self.base_loss_params
+        if "kl_coef" in batch.meta and self.base_loss_params.use_kl_loss:
+            self.loss_params = dataclasses.replace(self.base_loss_params, kl_coef=batch.meta["kl_coef"])
+        weight_key = "response_mask" if self.loss_params.agg == "token-mean" else "row_weight"
         return self.engine.train_step(tensors, self._loss, weight_key)
 
     def _loss(self, model: torch.nn.Module, micro: dict[str, torch.Tensor]):
-        logp = response_logprobs(
+        logp, entropy = response_logprobs(
             model,
             micro["input_ids"],
             micro["attention_mask"],
             micro["response_mask"].shape[1],
             self.temperature,
+            with_entropy=True,
         )
-        loss, stats = grpo_loss(
+        if self.loss_params.entropy_coef == 0:
+            entropy = entropy.detach()  # reported, not trained on
+        loss, stats = compute_actor_loss(
             logp,
             micro["old_logprobs"],
             micro.get("ref_logprobs"),
             micro["token_advantages"],
             micro["response_mask"].float(),
-            clip_eps_low=self.algo.clip_eps_low,
-            clip_eps_high=self.algo.clip_eps_high,
-            kl_coef=self.algo.kl_coef,
-            kl_kind=self.algo.kl_kind,
-            agg=self.algo.loss_agg,
+            self.loss_params,
+            entropy=entropy,
         )
         return loss, {k: float(v) for k, v in stats.items()}
 

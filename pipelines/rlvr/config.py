@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from roll.algos.policy_loss import ActorLossParams
+from roll.algos.registry import AlgorithmSpec, get_algorithm
 from roll.config.base import ConfigBase
 from roll.data import DataConfig
 from roll.devices.spec import ClusterConfig, ColocateWith, RolePlacement
@@ -34,22 +36,71 @@ class RolloutConfig(ConfigBase):
 
 
 class AlgoConfig(ConfigBase):
-    """The policy-gradient objective."""
+    """The RL objective: an algorithm by name (its paper's defaults), with overrides."""
 
-    name: Literal["grpo"] = Field("grpo", description="Algorithm; more arrive with later issues.")
-    clip_eps_low: float = Field(0.2, ge=0, description="PPO clip range below 1.")
-    clip_eps_high: float = Field(0.2, ge=0, description="PPO clip range above 1 (DAPO clip-higher).")
-    kl_coef: float = Field(0.0, ge=0, description="Weight of the KL-to-reference penalty.")
-    kl_kind: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (k3 = Schulman).")
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
-        "token-mean", description="How token losses are averaged."
+    name: Literal[
+        "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo", "dapo", "ppo"
+    ] = Field("grpo", description="Algorithm (roll.algos.registry); ppo trains a critic too.")
+    clip_eps_low: float | None = Field(None, ge=0, description="Ratio clip below 1; null = algorithm's.")
+    clip_eps_high: float | None = Field(
+        None, ge=0, description="Ratio clip above 1 (DAPO clip-higher: 0.28); null = algorithm's."
     )
-    norm_adv_by_std: bool = Field(True, description="Divide advantages by the group std (GRPO).")
+    clip_ratio_c: float | None = Field(
+        None, gt=1, description="Dual-clip constant for negative advantages (e.g. 3); null disables."
+    )
+    kl_coef: float = Field(0.0, ge=0, description="KL-to-reference weight; > 0 runs a reference.")
+    kl_kind: Literal["k1", "k2", "k3"] | None = Field(None, description="KL estimator; null = algorithm's.")
+    kl_control: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="adaptive: Ziegler et al. 2019 controller steering KL to kl_target."
+    )
+    kl_target: float = Field(0.1, gt=0, description="Target KL of the adaptive controller.")
+    kl_horizon: int = Field(10000, ge=1, description="Horizon (samples) of the adaptive controller.")
+    loss_agg: (
+        Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] | None
+    ) = Field(None, description="How token losses are averaged; null = algorithm's.")
+    norm_len: int | None = Field(
+        None, ge=1, description="Divisor of seq-mean-token-sum-norm (Dr.GRPO); null = max_new_tokens."
+    )
+    norm_adv_by_std: bool = Field(True, description="Divide GRPO advantages by the group std.")
+    adv_clip: float | None = Field(None, gt=0, description="Clip advantages to ±this; null disables.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount (token-level estimators, GAE).")
+    lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (ppo).")
+    value_clip: float | None = Field(0.2, gt=0, description="PPO value-loss clip range; null disables.")
+    overlong_buffer: int | None = Field(
+        None, ge=1, description="DAPO soft overlong penalty over the last N tokens of max_new_tokens."
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="Largest overlong penalty.")
     recompute_old_logprobs: bool = Field(
         False,
         description="Recompute behaviour log-probs with the actor instead of using the rollout's "
-        "(they agree to ~1e-6 on the same engine; recompute when engines differ).",
+        "(they agree to ~1e-6 on the same engine; recompute when engines or dtypes differ).",
     )
+
+    @property
+    def spec(self) -> AlgorithmSpec:
+        return get_algorithm(self.name)
+
+    @property
+    def kl_in_reward(self) -> bool:
+        return self.spec.kl_in_reward
+
+    def actor_loss_params(self, max_new_tokens: int) -> ActorLossParams:
+        spec = self.spec
+        agg = self.loss_agg or spec.agg
+        overrides = {
+            "clip_eps_low": self.clip_eps_low,
+            "clip_eps_high": self.clip_eps_high,
+            "clip_ratio_c": self.clip_ratio_c,
+            "kl_kind": self.kl_kind,
+            "agg": agg,
+            "norm_len": (self.norm_len or max_new_tokens) if agg == "seq-mean-token-sum-norm" else None,
+            "entropy_coef": self.entropy_coef,
+            "kl_coef": 0.0 if spec.kl_in_reward else self.kl_coef,
+        }
+        return spec.actor_loss_params(
+            **{k: v for k, v in overrides.items() if v is not None or k == "norm_len"}
+        )
 
 
 class RolesConfig(ConfigBase):
@@ -63,6 +114,10 @@ class RolesConfig(ConfigBase):
         default_factory=lambda: RolePlacement(devices=ColocateWith(colocate_with="actor"))
     )
     reward: RolePlacement = Field(default_factory=RolePlacement)
+    critic: RolePlacement = Field(
+        default_factory=lambda: RolePlacement(devices=ColocateWith(colocate_with="actor")),
+        description="Value model; started only by algorithms with a critic (ppo).",
+    )
 
 
 class CheckpointConfig(ConfigBase):
@@ -96,6 +151,10 @@ class RLVRConfig(ConfigBase):
     roles: RolesConfig = Field(default_factory=RolesConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: OptimConfig = Field(default_factory=OptimConfig)
+    critic: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(lr=1e-5),
+        description="Optimizer of the critic (ppo only).",
+    )
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -123,7 +182,18 @@ class RLVRConfig(ConfigBase):
         return Path(self.output_dir.format(name=self.name))
 
     @property
+    def active_roles(self) -> list[str]:
+        """Roles this job starts: a reference only with a KL penalty and no LoRA (with LoRA the
+        actor is its own reference), a critic only for algorithms that have one."""
+        roles = ["actor", "rollout"]
+        if self.algo.kl_coef > 0 and self.train.lora is None:
+            roles.append("reference")
+        if self.algo.spec.needs_critic:
+            roles.append("critic")
+        return [*roles, "reward"]
+
+    @property
     def role_batch_sizes(self) -> dict[str, int]:
         """Rows each data-parallel role splits per step (checked against its dp size)."""
         n = self.rollout.batch_size
-        return {"actor": n, "rollout": n, "reference": n}
+        return {role: n for role in self.active_roles if role != "reward"}

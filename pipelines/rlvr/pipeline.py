@@ -24,7 +24,11 @@ from typing import Any, Iterator
 import torch
 
 from pipelines.rlvr.config import RLVRConfig
-from roll.algos import compute_grpo_advantages, group_reward_stats
+from roll.algos import group_reward_stats, kl_penalty
+from roll.algos.kl_control import AdaptiveKLController, FixedKLController
+from roll.algos.registry import compute_advantages
+from roll.algos.reward_shaping import overlong_penalty
+from roll.algos.token_advantages import clip_advantages
 from roll.config.registry import register_pipeline
 from roll.controller import Batch, WorkerGroup
 from roll.data import PromptSampler, load_rows
@@ -35,6 +39,7 @@ from roll.models import load_tokenizer
 from roll.models.sources import prepare_model_source
 from roll.tracking import ConsoleProgress
 from workers.actor import ActorWorker
+from workers.critic import CriticWorker
 from workers.reference import ReferenceWorker
 from workers.reward import RewardWorker
 from workers.rollout import RolloutWorker
@@ -123,7 +128,7 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
             ActorWorker,
             model=cfg.model,
             train=cfg.train,
-            algo=cfg.algo,
+            loss_params=cfg.algo.actor_loss_params(cfg.rollout.max_new_tokens),
             temperature=temp,
             total_optimizer_steps=total_opt_steps,
             seed=cfg.seed,
@@ -131,7 +136,17 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
         "rollout": group("rollout", RolloutWorker, model=cfg.model, seed=cfg.seed),
         "reward": group("reward", RewardWorker, reward=cfg.reward, imports=cfg.imports),
     }
-    if cfg.algo.kl_coef > 0 and cfg.train.lora is None:  # with LoRA the actor is its own reference
+    if "critic" in cfg.active_roles:
+        groups["critic"] = group(
+            "critic",
+            CriticWorker,
+            model=cfg.model,
+            train=cfg.critic,
+            value_clip=cfg.algo.value_clip,
+            total_optimizer_steps=cfg.steps * cfg.critic.epochs * cfg.critic.mini_batches,
+            seed=cfg.seed,
+        )
+    if "reference" in cfg.active_roles:  # with LoRA the actor is its own reference
         groups["reference"] = group(
             "reference",
             ReferenceWorker,
@@ -183,25 +198,81 @@ def step_metrics(batch: Batch, train: dict[str, float], reward_names: list[str])
         **train,
     }
     metrics["actor/kl"] = train.get("loss/kl", 0.0)
+    metrics["actor/entropy"] = train.get("loss/entropy", 0.0)
+    mask = t["response_mask"].float()
+    metrics["advantage/abs_mean"] = float((t["advantages"].abs() * mask).sum() / mask.sum().clamp(min=1))
     return metrics
 
 
-def save_checkpoint(cfg: RLVRConfig, ctx: RunContext, groups, sampler: PromptSampler, step: int) -> None:
+CHECKPOINTED_ROLES = ("actor", "rollout", "critic")
+
+
+def save_checkpoint(
+    cfg: RLVRConfig, ctx: RunContext, groups, sampler: PromptSampler, kl_ctl, step: int
+) -> None:
     with CheckpointWriter(ctx.checkpoint_root, step, keep_last=cfg.checkpoint.keep_last) as writer:
-        for role in ("actor", "rollout"):
-            groups[role].save_checkpoint(str(writer.tmp_dir))
-        write_json(writer.tmp_dir / "driver.json", {"step": step, "sampler": sampler.state_dict()})
+        for role in CHECKPOINTED_ROLES:
+            if role in groups:
+                groups[role].save_checkpoint(str(writer.tmp_dir))
+        state = {"step": step, "sampler": sampler.state_dict(), "kl_ctl": kl_ctl.state_dict()}
+        write_json(writer.tmp_dir / "driver.json", state)
     ctx.tracker.event("checkpoint", f"saved step {step}", step=step)
 
 
-def load_checkpoint(ctx: RunContext, groups, sampler: PromptSampler) -> int:
+def load_checkpoint(ctx: RunContext, groups, sampler: PromptSampler, kl_ctl) -> int:
     folder = ctx.resume_from
-    for role in ("actor", "rollout"):
-        groups[role].load_checkpoint(str(folder))
+    for role in CHECKPOINTED_ROLES:
+        if role in groups:
+            groups[role].load_checkpoint(str(folder))
     state = read_json(folder / "driver.json")
     sampler.load_state_dict(state["sampler"])
+    kl_ctl.load_state_dict(state["kl_ctl"])
     ctx.store.truncate_after(ctx.run_id, state["step"])
     return int(state["step"])
+
+
+def make_kl_controller(cfg: RLVRConfig) -> FixedKLController | AdaptiveKLController:
+    if cfg.algo.kl_control == "adaptive":
+        return AdaptiveKLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
+    return FixedKLController(cfg.algo.kl_coef)
+
+
+def shape_rewards(cfg: RLVRConfig, batch: Batch) -> Batch:
+    """DAPO's soft overlong penalty, added to the rule rewards (``reward/overlong``)."""
+    if cfg.algo.overlong_buffer is None:
+        return batch
+    lengths = batch.tensors["response_mask"].sum(-1)
+    penalty = overlong_penalty(
+        lengths, cfg.rollout.max_new_tokens, cfg.algo.overlong_buffer, cfg.algo.overlong_penalty
+    )
+    batch.tensors["rewards"] = batch.tensors["rewards"] + penalty
+    batch.tensors["reward/overlong"] = penalty
+    return batch
+
+
+def advantages(cfg: RLVRConfig, batch: Batch, kl_coef: float) -> Batch:
+    """Token-level advantages of the configured algorithm (and critic returns for ppo)."""
+    t, algo = batch.tensors, cfg.algo
+    kl = None
+    if algo.kl_in_reward and algo.kl_coef > 0:
+        kl = kl_penalty(t["old_logprobs"], t["ref_logprobs"], algo.kl_kind or algo.spec.kl_kind)
+    adv, returns = compute_advantages(
+        algo.name,
+        rewards=t["rewards"],
+        group_ids=t["group_ids"],
+        response_mask=t["response_mask"],
+        values=t.get("values"),
+        kl=kl,
+        kl_coef=kl_coef if kl is not None else 0.0,
+        gamma=algo.gamma,
+        lam=algo.lam,
+        norm_by_std=algo.norm_adv_by_std,
+    )
+    adv = clip_advantages(adv, algo.adv_clip)
+    out = {"advantages": adv}
+    if returns is not None:
+        out["returns"] = returns
+    return Batch.from_dict(tensors=out)
 
 
 def sync_weights(groups: dict[str, WorkerGroup], switch: ColocationSwitch) -> None:
@@ -218,7 +289,8 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
     sampler = PromptSampler(load_rows(cfg.data), seed=cfg.seed, shuffle=cfg.data.shuffle)
     groups = start_workers(cfg, ctx)
     switch = ColocationSwitch(groups, ctx)
-    start_step = load_checkpoint(ctx, groups, sampler) if ctx.resume_from else 0
+    kl_ctl = make_kl_controller(cfg)
+    start_step = load_checkpoint(ctx, groups, sampler, kl_ctl) if ctx.resume_from else 0
     sync_weights(groups, switch)
     reward_names = [f.name for f in cfg.reward.functions]
     console = ConsoleProgress(cfg.steps, start_step=start_step, keys=CONSOLE_KEYS, stream=ctx.stream)
@@ -235,33 +307,44 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
             batch = batch.union(groups["rollout"].generate(batch))
         with timer("reward"):
             batch = batch.union(groups["reward"].compute_rewards(batch.select("response_text", "row")))
+            batch = shape_rewards(cfg, batch)
+        with timer("old_logprobs"):
+            if cfg.algo.recompute_old_logprobs:
+                with switch.active("actor"):
+                    batch = batch.union(groups["actor"].compute_log_probs(batch.select(*TRAIN_INPUTS)))
+            else:  # same engine and weights: equal to the actor's within 1e-5 (tested)
+                batch = batch.union(
+                    Batch.from_dict(tensors={"old_logprobs": batch.tensors["rollout_logprobs"]})
+                )
         if cfg.algo.kl_coef > 0:
             ref_role = "reference" if "reference" in groups else "actor"
             with timer("reference"), switch.active(ref_role):
                 batch = batch.union(groups[ref_role].compute_ref_log_probs(batch.select(*TRAIN_INPUTS)))
+        if "critic" in groups:
+            with timer("values"), switch.active("critic"):
+                batch = batch.union(groups["critic"].compute_values(batch.select(*TRAIN_INPUTS)))
         with timer("advantage"):
-            adv = compute_grpo_advantages(
-                batch.tensors["rewards"], batch.tensors["group_ids"], norm_by_std=cfg.algo.norm_adv_by_std
-            )
-            batch = batch.union(Batch.from_dict(tensors={"advantages": adv}))
+            batch = batch.union(advantages(cfg, batch, kl_ctl.value))
         with timer("train"), switch.active("actor"):
-            if cfg.algo.recompute_old_logprobs:
-                batch = batch.union(groups["actor"].compute_log_probs(batch.select(*TRAIN_INPUTS)))
-            else:
-                batch = batch.union(
-                    Batch.from_dict(tensors={"old_logprobs": batch.tensors["rollout_logprobs"]})
-                )
             keys = [*TRAIN_INPUTS, "old_logprobs", "advantages"] + (
                 ["ref_logprobs"] if cfg.algo.kl_coef > 0 else []
             )
-            train_metrics = groups["actor"].train_step(batch.select(*keys))
+            actor_batch = batch.select(*keys)
+            actor_batch.meta["kl_coef"] = kl_ctl.value
+            train_metrics = groups["actor"].train_step(actor_batch)
+        if "critic" in groups:
+            with timer("critic"), switch.active("critic"):
+                critic_batch = batch.select(*TRAIN_INPUTS, "values", "returns")
+                train_metrics |= groups["critic"].train_step(critic_batch)
+        kl_ctl.update(train_metrics.get("loss/kl", 0.0), len(batch))
+        train_metrics["actor/kl_coef"] = kl_ctl.value
         with timer("sync"):
             sync_weights(groups, switch)
         if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or (
             step == cfg.steps and cfg.checkpoint.save_final
         ):
             with timer("checkpoint"):
-                save_checkpoint(cfg, ctx, groups, sampler, step)
+                save_checkpoint(cfg, ctx, groups, sampler, kl_ctl, step)
         step_time = time.perf_counter() - step_start
         metrics = step_metrics(batch, train_metrics, reward_names) | timer.times | switch.step_metrics()
         metrics["time/step"] = step_time
@@ -288,6 +371,8 @@ TRAIN_INPUTS = ("input_ids", "attention_mask", "response_mask")
 def rollout_rows(batch: Batch, limit: int | None) -> list[dict[str, Any]]:
     t, nt = batch.tensors, batch.non_tensors
     n = len(batch) if limit is None else min(limit, len(batch))
+    mask = t["response_mask"].float()
+    seq_adv = (t["advantages"] * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # mean over the response
     return [
         {
             "sample_id": nt["sample_id"][i],
@@ -295,7 +380,7 @@ def rollout_rows(batch: Batch, limit: int | None) -> list[dict[str, Any]]:
             "prompt": nt["row"][i]["prompt"],
             "response": nt["response_text"][i],
             "reward": float(t["rewards"][i]),
-            "advantage": float(t["advantages"][i]),
+            "advantage": float(seq_adv[i]),
             "state": "done",
         }
         for i in range(n)

@@ -120,11 +120,13 @@ class _AutoPlanner:
         self.word = cluster.device_word
         n = cluster.num_devices
         taken = {d for p in roles.values() if isinstance(p.devices, list) for d in p.devices}
-        self.free = [d for d in range(n) if d not in taken]
+        self.taken = sorted(d for d in taken if 0 <= d < n)  # ids explicit roles hold
+        self.free = [d for d in range(n) if d not in taken]  # shrinks as auto roles take devices
         self.joined: dict[str, list[str]] = {}  # explicit role -> auto roles placed with it so far
         self.explicit = [r for r, p in roles.items() if isinstance(p.devices, list) and p.devices]
         self.autos = [r for r, p in roles.items() if p.is_auto and self.kind(r) != "cpu"]
-        self.cap = self._capacity()
+        self.size = self._device_memory()  # bytes of one device (host memory on CPU slots)
+        self.cap = None if self.size is None else int(self.size * margin)  # bytes the plan may fill
 
     # ---- the decision ------------------------------------------------------------------------
 
@@ -229,9 +231,9 @@ class _AutoPlanner:
         )
 
     def _size_text(self) -> str:
+        size = format_bytes(self.size or 0)
         if not self.gpu:
-            return f"the smallest node has {format_bytes(self.cap / self.margin)}"  # type: ignore[operator]
-        size = format_bytes(self.cluster.gpu_memory_bytes or 0)
+            return f"the smallest node has {size}"
         return f"each GPU has {size}" if self.cluster.gpu_memory_uniform else f"the smallest GPU has {size}"
 
     def _sum_text(self, group: _Group) -> str:
@@ -372,13 +374,11 @@ class _AutoPlanner:
     def divides(self, members: list[str], n: int) -> bool:
         return all(self.batches[m] % n == 0 for m in members if m in self.batches)
 
-    def _capacity(self) -> int | None:
+    def _device_memory(self) -> int | None:
         if self.gpu:
-            size = self.cluster.gpu_memory_bytes
-        else:  # CPU slots share their node's host memory
-            sizes = [node.memory_bytes for node in self.cluster.nodes]
-            size = min(sizes) if sizes and all(sizes) else None
-        return None if size is None else int(size * self.margin)
+            return self.cluster.gpu_memory_bytes
+        sizes = [node.memory_bytes for node in self.cluster.nodes]  # CPU slots share host memory
+        return min(sizes) if sizes and all(sizes) else None
 
     # ---- candidate layouts ------------------------------------------------------------------
 
@@ -409,7 +409,7 @@ class _AutoPlanner:
             return sized
         n, mode = sized
         group = self.new_group(autos, self.free[:n], mode)
-        held = f"; explicit roles hold {self.word}s {format_ids(self._taken())}" if self._taken() else ""
+        held = f"; explicit roles hold {_where(self.taken, self.word)}" if self.taken else ""
         verb = "take" if len(autos) > 1 else "takes"
         lead = f"{_names(autos)} {verb} free {_where(group.ids, self.word)}{held}"
         return _Layout("own", [group], lead)
@@ -461,9 +461,6 @@ class _AutoPlanner:
             f"'{groups[0].anchor}' gets {_count(m, self.word)}"
         )
         return _Layout("disaggregated", groups, lead)
-
-    def _taken(self) -> list[int]:
-        return sorted(set(range(self.cluster.num_devices)) - set(self.free))
 
     def _pinned(self, side: str) -> str | None:
         """First explicit role whose group holds a role of ``side`` (train or infer kind)."""

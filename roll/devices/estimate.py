@@ -144,12 +144,12 @@ class MemoryEstimate:
     def describe(self, device_word: str = "GPU") -> str:
         """E.g. "~104.3 GiB per GPU (weights 13.0 + grads 13.0 + Adam 52.2 + fp32 master 26.1,
         ZeRO-0 over 1 GPU)"."""
-        if self.kind == "unknown":
-            return "no memory estimate given (assumed to fit)"
         unit, scale = _unit(self.total)
         head = f"~{self.total / scale:.1f} {unit} per {device_word}"
         if "memory_gb" in self.parts:
             return f"{head} (memory_gb set)"
+        if self.kind == "unknown":
+            return "no memory estimate given (assumed to fit)"
         terms = " + ".join(f"{label} {b / scale:.1f}" for label, b in self.parts.items())
         over = f"{self.dp_size} {device_word}{'s' if self.dp_size != 1 else ''}"
         if self.kind == "train":

@@ -25,6 +25,7 @@ avoided here:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -42,7 +43,9 @@ from roll.engines.base import LossFn
 from roll.engines.config import OptimConfig
 from roll.engines.logprobs import response_logprobs
 from roll.engines.torch_engine import lr_lambda, slice_rows
+from roll.engines.weights import tensors_to_numpy
 from roll.errors import CheckpointError
+from roll.models.lora import apply_lora, merged_state_dict
 
 CHECKPOINT_TAG = "engine"
 
@@ -62,7 +65,10 @@ class DeepSpeedConfig(ConfigBase):
         False, description="Keep parameters in CPU memory between uses (ZeRO-3 only)."
     )
     bf16: bool = Field(
-        False, description="Train in bf16 with fp32 master weights; the model is cast to bf16."
+        False,
+        description="DeepSpeed bf16 (ZeRO 1-3): bf16 weights and gradients, fp32 master weights and "
+        "optimizer state. Gradients accumulate in bf16 unless extra sets "
+        "data_types.grad_accum_dtype: fp32. For bf16 compute over fp32 weights use train.dtype: bf16.",
     )
     torch_optimizer: bool = Field(
         True,
@@ -94,6 +100,12 @@ class DeepSpeedConfig(ConfigBase):
                 "deepspeed.offload_params needs deepspeed.zero_stage: 3; set zero_stage to 3 or "
                 "offload_params to false"
             )
+        if self.bf16 and self.zero_stage == 0:
+            # ZeRO-0 bf16 keeps parameters as views into a flat buffer with no offload support.
+            raise ValueError(
+                "deepspeed.bf16 needs ZeRO: set deepspeed.zero_stage to 1, 2 or 3, or use "
+                "train.dtype: bf16 (autocast over fp32 weights) with zero_stage 0"
+            )
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError(
                 "deepspeed.offload_optimizer needs ZeRO: set deepspeed.zero_stage to 1, 2 or 3, "
@@ -122,6 +134,13 @@ class DeepSpeedConfig(ConfigBase):
             "steps_per_print": 2**31 - 1,
             "wall_clock_breakdown": False,
         }
+        if optim.dtype == "bf16":
+            # Same autocast as TorchTrainEngine; no module list, so gradients are reduced in fp32.
+            config["torch_autocast"] = {
+                "enabled": True,
+                "dtype": "bfloat16",
+                "lower_precision_safe_modules": [],
+            }
         if not self.torch_optimizer:
             config["optimizer"] = {
                 "type": "AdamW",
@@ -177,8 +196,11 @@ def start_deepspeed_comm(cpu_shm_comm: bool) -> bool:
 class DeepSpeedTrainEngine:
     """Trains ``model`` with DeepSpeed. ``total_steps`` = optimizer steps in the run (for the schedule).
 
-    ``model`` stays the Hugging Face module (``self.model``); under ZeRO-3 its parameters are
-    partitioned, so read weights with ``state_dict_numpy()``, not ``model.state_dict()``.
+    As TorchTrainEngine: fp32 master weights whatever the checkpoint's dtype, ``train.lora``
+    adapters (only they train), ``train.dtype: bf16`` autocast (DeepSpeed's ``torch_autocast``,
+    gradients still reduced in fp32). ``self.model`` is the Hugging Face (or peft) module; under
+    ZeRO-3 its parameters are partitioned: read weights with ``state_dict_numpy()`` or inside
+    ``with engine.gathered_weights():``.
     """
 
     def __init__(
@@ -195,23 +217,25 @@ class DeepSpeedTrainEngine:
         self.ds = ds
         self.role = role
         self._owns_group = start_deepspeed_comm(ds.cpu_shm_comm)
-        client_optimizer = None
-        scheduler = None
+        model = model.float()  # fp32 master weights; DeepSpeed casts to bf16 itself under ds.bf16
+        if cfg.lora is not None:
+            model = apply_lora(model, cfg.lora)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        schedule = lr_lambda(cfg, max(1, total_steps))
         if ds.torch_optimizer:
             client_optimizer = torch.optim.AdamW(
-                model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+                trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
             )
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                client_optimizer, lr_lambda(cfg, max(1, total_steps))
-            )
+            scheduler = torch.optim.lr_scheduler.LambdaLR(client_optimizer, schedule)
         else:
+            client_optimizer = None
 
-            def scheduler(optimizer):  # DeepSpeed builds the optimizer, then calls this with it
-                return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, max(1, total_steps)))
+            def scheduler(optimizer):  # DeepSpeed builds its optimizer, then calls this with it
+                return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
-            model_parameters=None if client_optimizer else list(model.parameters()),
+            model_parameters=None if client_optimizer else trainable,
             optimizer=client_optimizer,
             lr_scheduler=scheduler,
             config=ds.ds_config(cfg),
@@ -241,6 +265,12 @@ class DeepSpeedTrainEngine:
                 )
             )
         return torch.cat(parts, dim=0)
+
+    @torch.no_grad()
+    def reference_logprobs(self, tensors: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+        """Log-probs under the base model (LoRA adapters disabled): the LoRA reference, no copy."""
+        with self.model.disable_adapter():
+            return self.forward_logprobs(tensors, temperature)
 
     # ---- optimisation ----------------------------------------------------------------------
     def train_step(
@@ -314,18 +344,22 @@ class DeepSpeedTrainEngine:
         return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
 
     # ---- state --------------------------------------------------------------------------------
-    def state_dict_numpy(self) -> dict[str, np.ndarray]:
-        """Full weights on every rank (ZeRO-3 gathers them); bf16 travels as int16 bit patterns."""
+    def gathered_weights(self) -> contextlib.AbstractContextManager:
+        """Context in which ``self.model``'s parameters are whole on every rank (ZeRO-3 gathers
+        them, read-only; other stages hold them whole already): for exports and checksums."""
         import deepspeed
 
-        self.offloader.require_active("state_dict_numpy")
         params = list(self.model.parameters()) if self.ds.zero_stage == 3 else []
-        out = {}
-        with deepspeed.zero.GatheredParameters(params, enabled=bool(params)):
-            for name, tensor in self.model.state_dict().items():
-                t = tensor.detach().to("cpu", copy=True).contiguous()  # own copy: ZeRO-3 frees the gather
-                out[name] = t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
-        return out
+        return deepspeed.zero.GatheredParameters(params, enabled=bool(params))
+
+    def state_dict_numpy(self) -> dict[str, np.ndarray]:
+        """Full weights under plain HF names (LoRA merged) on every rank, as numpy; bf16 travels as
+        int16 bit patterns. Collective under ZeRO-3: every rank calls it."""
+        self.offloader.require_active("state_dict_numpy")
+        with self.gathered_weights():
+            # Own copies: under ZeRO-3 the gathered storage is released when the context exits.
+            tensors = {k: v.detach().to("cpu", copy=True) for k, v in merged_state_dict(self.model).items()}
+        return tensors_to_numpy(tensors)
 
     def save_checkpoint(self, folder: Path) -> None:
         """Model, optimizer and LR schedule into ``folder`` (shared by all ranks; each writes its
@@ -335,15 +369,16 @@ class DeepSpeedTrainEngine:
         self.engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG)
 
     def load_checkpoint(self, folder: Path) -> None:
+        """Restore what save_checkpoint wrote (same ZeRO stage and data-parallel size)."""
         self.offloader.require_active("load_checkpoint")
-        path, _ = self.engine.load_checkpoint(
-            str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
-        if path is None:
+        if not (Path(folder) / CHECKPOINT_TAG).is_dir():
             raise CheckpointError(
                 f"no DeepSpeed checkpoint '{CHECKPOINT_TAG}' in {folder}; resume from a folder that "
                 "save_checkpoint wrote with the deepspeed engine"
             )
+        self.engine.load_checkpoint(
+            str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
 
     # ---- offload ------------------------------------------------------------------------------
     def _offload_manager(self) -> OffloadManager:
@@ -362,9 +397,10 @@ class DeepSpeedTrainEngine:
         return manager
 
     def _deepspeed_tensors(self) -> list[torch.Tensor]:
-        """Tensors DeepSpeed keeps beside the module's parameters: fp32 master weights (ZeRO-0 bf16,
-        ZeRO-1/2: the client optimizer's parameters; ZeRO-3: its flat partitions, handed to the
-        optimizer one sub-group at a time) and ZeRO-3's parameter partitions."""
+        """Tensors DeepSpeed keeps beside the module's parameters: fp32 master weights (ZeRO-1/2:
+        the client optimizer's parameters; ZeRO-3: its flat partitions, handed to the optimizer one
+        sub-group at a time) and ZeRO-3's parameter partitions. None at ZeRO-0 (fp32 only), where
+        the optimizer steps the module's own parameters."""
         if self.ds.zero_stage == 3:
             masters = list(self.engine.optimizer.fp32_partitioned_groups_flat)
             return masters + [p.ds_tensor for p in self.model.parameters()]

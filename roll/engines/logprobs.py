@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from roll.algos.entropy import entropy_from_logits
+
 
 def token_logprobs(
     logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_rows: int = 16
@@ -38,11 +40,14 @@ def response_logprobs(
     attention_mask: torch.Tensor,
     response_len: int,
     temperature: float = 1.0,
-) -> torch.Tensor:
+    *,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced log-probs of the last ``response_len`` tokens of each row.
 
     input_ids, attention_mask: [B, P + R] with prompts left-padded and responses right-padded.
-    Returns [B, R] float32 (values at padded response positions are meaningless; mask them).
+    Returns [B, R] float32 (values at padded response positions are meaningless; mask them), and
+    with ``with_entropy`` also the [B, R] entropy of the policy at each position.
     Only the last R + 1 positions go through the LM head (``logits_to_keep``).
     """
     outputs = model(
@@ -54,4 +59,8 @@ def response_logprobs(
     )
     logits = outputs.logits[:, :-1]
     labels = input_ids[:, -response_len:]
-    return token_logprobs(logits, labels, temperature)
+    logprobs = token_logprobs(logits, labels, temperature)
+    if not with_entropy:
+        return logprobs
+    scaled = logits if temperature == 1.0 else logits.float() / temperature
+    return logprobs, entropy_from_logits(scaled)

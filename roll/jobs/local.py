@@ -49,7 +49,8 @@ def plan_for(job: LoadedJob, cluster: ClusterResources | None = None) -> DeviceP
     """The device plan of a job on ``cluster`` (default: the embedded local Ray it would start)."""
     cfg = job.config
     cluster = cluster or ClusterResources.local(cfg.cluster)
-    roles = {name: getattr(cfg.roles, name) for name in type(cfg.roles).model_fields}
+    names = getattr(cfg, "active_roles", None) or list(type(cfg.roles).model_fields)
+    roles = {name: getattr(cfg.roles, name) for name in names}
     return build_device_plan(roles, cluster, dp_batch_sizes=getattr(cfg, "role_batch_sizes", {}))
 
 

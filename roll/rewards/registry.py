@@ -29,7 +29,7 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
 
 
 def get_reward(name: str) -> RewardFn:
-    from roll.rewards import rules  # noqa: F401  (registers the built-ins)
+    from roll.rewards import code, rules  # noqa: F401  (registers the built-ins)
 
     if name not in _REWARDS:
         raise ConfigError(
@@ -40,7 +40,7 @@ def get_reward(name: str) -> RewardFn:
 
 
 def reward_names() -> list[str]:
-    from roll.rewards import rules  # noqa: F401
+    from roll.rewards import code, rules  # noqa: F401
 
     return sorted(_REWARDS)
 

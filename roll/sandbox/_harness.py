@@ -7,10 +7,11 @@ will use. It reads the job (JSON) from stdin, never sees the expected outputs, a
 ``<nonce> <json>`` per finished test to its stdout, which no untrusted process holds: those get their
 own pipes, run under another uid, and cannot read this process (it is not dumpable).
 
-Per test: write the program, start it (chroot, rlimits, drop to the run uid, own session), feed the
-input, collect capped output, stop at the run's deadline or the memory cap (summed resident size of
-every process of the run uid), then kill every process of that uid (``kill(-1)`` sent as that uid,
-which no fork can outrun) and empty the work folder.
+Per test: empty the work folder and write the program, start it (chroot, rlimits, drop to the run
+uid, own session, no new privileges), feed the input and collect capped output until it exits, the
+run's deadline passes or the watchdog trips (every 0.1 s it sums what the run uid holds: resident
+memory, memfds, SysV shared memory, files), then kill every process of that uid (``kill(-1)`` sent as
+that uid, which no fork can outrun).
 """
 
 from __future__ import annotations
@@ -23,15 +24,32 @@ import resource
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
-POLL_S = 0.05  # I/O and watchdog period
-HOST_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+POLL_S = 0.05  # I/O period; the watchdog looks every other round
+MAX_FILES = 4096  # files and folders the run may create (the tmpfs's nr_inodes under namespaces)
+HOST_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# Only what the loader and the stdlib read from /etc; the rest of it stays out of sight.
+ETC = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "hosts",
+    "mime.types",
+    "ssl",
+    "alternatives",
+    "os-release",
+)
 DEVICES = ("null", "zero", "full", "random", "urandom")
 IN_SANDBOX_WORK = "/sandbox"
 
@@ -98,18 +116,23 @@ def bind_readonly(src: str, target: str) -> None:
 def build_root(job: dict) -> str:
     """Mount a minimal read-only root at the (empty, host-side) base folder; returns it.
 
-    Only /usr, /etc, the interpreter's prefix, five devices, a fresh /proc and a size-capped tmpfs
-    work folder exist in it, so the program sees neither the repo, /tmp, /root nor /home.
+    Only /usr, a few files of /etc, the interpreter's prefix, five devices, a fresh /proc and a
+    size-capped tmpfs work folder exist in it: the program sees neither the repo, /tmp, /root, /home
+    nor any socket of the host.
     """
     root, uid = job["base"], job["uid"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below may propagate to the host
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-    for name in HOST_DIRS:
+    os.mkdir(os.path.join(root, "etc"))
+    for name in HOST_DIRS + tuple(f"etc/{e}" for e in ETC):
         host, inside = "/" + name, os.path.join(root, name)
         if os.path.islink(host):
             os.symlink(os.readlink(host), inside)
         elif os.path.isdir(host):
             os.mkdir(inside)
+            bind_readonly(host, inside)
+        elif os.path.isfile(host):
+            open(inside, "w").close()
             bind_readonly(host, inside)
     prefix = os.path.realpath(sys.base_prefix)
     if not any(prefix == "/" + d or prefix.startswith(f"/{d}/") for d in HOST_DIRS):
@@ -156,6 +179,10 @@ def child_setup(job: dict, chroot: str | None, cwd: str) -> None:
         (resource.RLIMIT_MSGQUEUE, 0),
     ):
         resource.setrlimit(res, (value, value))
+    # If the host runs out of memory, the program goes first. (A non-root harness is not dumpable,
+    # so its child cannot open its own /proc files until exec: then this is skipped.)
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
     if chroot is not None:
         os.chroot(chroot)
     os.chdir(cwd)
@@ -165,6 +192,7 @@ def child_setup(job: dict, chroot: str | None, cwd: str) -> None:
         os.setgid(uid)
         os.setuid(uid)
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # cleared by setuid, so set after it
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # set-uid binaries (su, mount) grant nothing
 
 
 def uid_processes(uid: int) -> list[tuple[int, bool, int]]:
@@ -184,6 +212,81 @@ def uid_processes(uid: int) -> list[tuple[int, bool, int]]:
     return found
 
 
+def held_in_fds(pid: int, seen: set) -> int:
+    """Bytes in memfds and deleted-but-open files of ``pid``: memory that no RSS shows."""
+    total = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            target = os.readlink(path)
+            if target.startswith("/memfd:") or target.endswith(" (deleted)"):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+        except OSError:
+            continue
+    return total
+
+
+def sysv_ipc(uid: int) -> int:
+    """Bytes of SysV shared memory and queued messages of ``uid``: they outlive the process that
+    made them and count in no process's memory."""
+    total = 0
+    for kind, column in (("shm", "size"), ("msg", "cbytes")):
+        with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as f:
+            header = f.readline().split()
+            for row in f:
+                cols = dict(zip(header, row.split(), strict=False))
+                if uid in (int(cols["uid"]), int(cols["cuid"])):
+                    total += int(cols[column])
+    return total
+
+
+def files_of(uid: int | None, folder: str, top_only: bool) -> tuple[int, int]:
+    """(bytes, entries) of what ``uid`` owns under ``folder`` (its own subtrees only, when top_only);
+    stops counting past MAX_FILES entries. Iterative: the program may nest folders very deep."""
+    total = count = 0
+    try:
+        stack = [
+            e.path for e in os.scandir(folder) if not top_only or e.stat(follow_symlinks=False).st_uid == uid
+        ]
+    except OSError:
+        return 0, 0
+    while stack and count <= MAX_FILES:
+        path = stack.pop()
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        total, count = total + st.st_blocks * 512, count + 1
+        if stat.S_ISDIR(st.st_mode):
+            with contextlib.suppress(OSError):
+                stack.extend(e.path for e in os.scandir(path))
+    return total, count
+
+
+def usage(uid: int, work: str, on_host: bool) -> tuple[int, int, int]:
+    """(memory bytes, disk bytes, files) the run uid holds now. Memory: resident sizes, memfds, SysV
+    shm and messages, and (on the host) its files in /dev/shm. Disk, on the host only (under
+    namespaces the work folder is a capped tmpfs): the work folder, and what the uid owns at the top
+    of /tmp and /var/tmp."""
+    seen: set = set()
+    memory = sum(rss + held_in_fds(pid, seen) for pid, _, rss in uid_processes(uid)) + sysv_ipc(uid)
+    if not on_host:
+        return memory, 0, 0
+    memory += files_of(uid, "/dev/shm", top_only=True)[0]
+    disk = files = 0
+    for folder, top_only in ((work, False), ("/tmp", True), ("/var/tmp", True)):
+        size, count = files_of(uid, folder, top_only)
+        disk, files = disk + size, files + count
+    return memory, disk, files
+
+
 def reap() -> None:
     while True:
         try:
@@ -193,7 +296,7 @@ def reap() -> None:
             return
 
 
-def stop(proc: subprocess.Popen, uid: int | None) -> None:
+def stop(proc: subprocess.Popen, uid: int | None, chroot: str | None) -> None:
     """Kill the test's group and collect its exit status, then kill every process of the run uid
     (also those that left the group with setsid) until none is left, reaping the zombies."""
     with contextlib.suppress(OSError):
@@ -206,6 +309,9 @@ def stop(proc: subprocess.Popen, uid: int | None) -> None:
         pid = os.fork()
         if pid == 0:  # kill(-1) as the run uid reaches exactly that uid's processes, atomically
             try:
+                if chroot is not None:  # this helper runs as the run uid too: keep it in the box
+                    os.chroot(chroot)
+                    os.chdir("/")
                 os.setgroups([])
                 os.setgid(uid)
                 os.setuid(uid)
@@ -219,12 +325,17 @@ def stop(proc: subprocess.Popen, uid: int | None) -> None:
         time.sleep(0.005)
 
 
-def clear_folder(dir_fd: int) -> None:
-    for entry in os.scandir(dir_fd):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.name, dir_fd=dir_fd)
-        else:
-            os.unlink(entry.name, dir_fd=dir_fd)
+def clear_folder(dir_fd: int, path: str) -> None:
+    """Empty the work folder (every process of the run uid is dead by now, so nothing races us)."""
+    try:
+        for entry in os.scandir(dir_fd):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.name, dir_fd=dir_fd)
+            else:
+                os.unlink(entry.name, dir_fd=dir_fd)
+    except (OSError, RecursionError):  # e.g. folders nested deeper than Python recurses
+        names = [os.path.join(path, name) for name in os.listdir(dir_fd)]
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", *names], check=True)
 
 
 def write_program(dir_fd: int, code: str) -> None:
@@ -276,10 +387,14 @@ def run_one(job: dict, test_input: object, deadline: float, chroot: str | None, 
             break
         if uid is not None and now >= next_watch:
             next_watch = now + 2 * POLL_S
-            if sum(rss for _, _, rss in uid_processes(uid)) > lim["memory_bytes"]:
+            memory, disk, files = usage(uid, cwd, chroot is None)
+            if memory > lim["memory_bytes"]:
                 flags["memory"] = True
                 break
-    stop(proc, uid)
+            if disk > job["work_bytes"] or files > MAX_FILES:
+                flags["output_limit"] = True
+                break
+    stop(proc, uid, chroot)
     drain_until = time.monotonic() + 1.0  # every writer is dead: the pipes reach EOF at once
     while sel.get_map() and time.monotonic() < drain_until:
         pump(sel, proc, data, len(data), out, lim["output_bytes"], POLL_S)
@@ -349,11 +464,10 @@ def main() -> None:
     for i, test_input in enumerate(job["inputs"]):
         if time.monotonic() >= deadline:
             break
-        clear_folder(dir_fd)
+        clear_folder(dir_fd, work)
         write_program(dir_fd, job["code"])
         record = run_one(job, test_input, deadline, chroot, cwd)
         emit(job["nonce"], {"event": "test", "index": i, **record})
-    clear_folder(dir_fd)
     emit(job["nonce"], {"event": "done"})
 
 

@@ -4,6 +4,7 @@ and cleanup of whatever that uid left behind (processes anywhere, files in world
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import os
@@ -19,6 +20,7 @@ from typing import Iterator
 UID_SLOTS = 256
 SAFE_PATH = "/usr/bin:/bin"
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
+IPC_RMID = 0
 _KILL_ALL = "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n"
 
 
@@ -82,7 +84,9 @@ def uid_slot(uid_base: int) -> Iterator[int]:
         for uid in range(uid_base, uid_base + UID_SLOTS):
             if _uid_is_taken(uid):  # a real account: never run as it, never kill its processes
                 continue
-            fd = os.open(f"{lock_dir}/{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                f"{lock_dir}/{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -90,6 +94,7 @@ def uid_slot(uid_base: int) -> Iterator[int]:
                 continue
             try:
                 kill_uid_processes(uid)
+                remove_uid_ipc(uid)
                 yield uid
             finally:
                 os.close(fd)
@@ -136,6 +141,32 @@ def kill_uid_processes(uid: int) -> bool:
     return not uid_processes(uid)
 
 
+def remove_uid_ipc(uid: int) -> None:
+    """Remove the SysV shared memory, semaphores and message queues of ``uid`` (they outlive their
+    processes; without an IPC namespace they would stay on the host)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    removers = {"shm": lambda i: libc.shmctl(i, IPC_RMID, None), "sem": lambda i: libc.semctl(i, 0, IPC_RMID)}
+    removers["msg"] = lambda i: libc.msgctl(i, IPC_RMID, None)
+    for kind, remove in removers.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header = f.readline().split()
+                rows = [dict(zip(header, r.split(), strict=False)) for r in f]
+        except OSError:
+            continue
+        for cols in rows:
+            if uid in (int(cols["uid"]), int(cols["cuid"])):
+                remove(int(cols[{"shm": "shmid", "sem": "semid", "msg": "msqid"}[kind]]))
+
+
+def remove_tree(path: str) -> None:
+    """rm -rf without following links; GNU rm also copes with folders nested deeper than Python recurses."""
+    with contextlib.suppress(OSError, RecursionError):
+        shutil.rmtree(path)
+    if os.path.lexists(path):
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], check=False)
+
+
 def remove_uid_files(uid: int) -> None:
     """Remove what ``uid`` created at the top of the world-writable folders (without namespaces the
     program can write there; deeper world-writable folders are not searched)."""
@@ -149,6 +180,6 @@ def remove_uid_files(uid: int) -> None:
                 if entry.stat(follow_symlinks=False).st_uid != uid:
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
+                    remove_tree(entry.path)
                 else:
                     os.unlink(entry.path)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Isolation = Literal["namespaces", "rlimits+uid", "rlimits"]
+ISOLATION_LEVELS: list[Isolation] = ["rlimits", "rlimits+uid", "namespaces"]  # weakest first
 MiB = 1 << 20
 
 
@@ -32,17 +33,20 @@ class Limits:
     """Extra wall time for sandbox start-up and reporting; past timeout_s + grace_s everything is
     killed from outside."""
     memory_bytes: int = 512 * MiB
-    """RLIMIT_AS of every process, and the cap on the summed resident memory of all of them."""
+    """RLIMIT_AS of every process, and the cap on what the run uid holds in all (resident memory,
+    memfds, SysV shared memory; checked every 0.1 s; not under 'rlimits')."""
     cpu_s: int | None = None
     """RLIMIT_CPU of every process in seconds; None: ceil(timeout_s) + 1."""
     file_size_bytes: int = 16 * MiB
     """RLIMIT_FSIZE: the largest file the program may write."""
     work_bytes: int = 64 * MiB
-    """Size of the work folder (a tmpfs) under namespace isolation; other levels use the host disk."""
+    """Cap on the files the program writes: its tmpfs work folder's size under 'namespaces'; under
+    'rlimits+uid' the files on the host disk are summed every 0.1 s; not under 'rlimits'."""
     nofile: int = 64
     """RLIMIT_NOFILE: open file descriptors per process."""
     nproc: int = 64
-    """RLIMIT_NPROC: processes and threads of the run uid together (not enforced without a uid drop)."""
+    """RLIMIT_NPROC: processes and threads of the run uid together (under 'rlimits', all of the
+    caller's own processes and threads count)."""
     output_bytes: int = MiB
     """Cap on stdout and on stderr of each test; a program that writes more is stopped."""
     isolation: Literal["auto", "namespaces", "rlimits+uid", "rlimits"] = "auto"
@@ -63,21 +67,27 @@ class Limits:
         return self.cpu_s if self.cpu_s is not None else math.ceil(self.timeout_s) + 1
 
 
-Status = Literal[
-    "passed", "wrong_answer", "runtime_error", "timeout", "memory", "output_limit", "not_run"
-]
+Status = Literal["passed", "wrong_answer", "runtime_error", "timeout", "memory", "output_limit", "not_run"]
 
 
 @dataclass
 class TestVerdict:
-    """How one test went. ``exit_code`` is None when the program never exited on its own."""
+    """How one test went.
+
+    status: passed | wrong_answer (exited 0, other output) | runtime_error (non-zero exit or a
+    signal) | timeout (the run's wall-clock budget ran out) | memory (RLIMIT_AS hit, or the run uid
+    held more than memory_bytes) | output_limit (a stream passed output_bytes, or the files written
+    passed work_bytes) | not_run (the sandbox failed; SandboxResult.error says why).
+    """
 
     __test__ = False
 
     index: int
     status: Status
     exit_code: int | None = None
+    """None when the program did not exit on its own (see signal) or did not run."""
     signal: int | None = None
+    """The signal that ended the program: 9 when the sandbox killed it, 11 for a segfault, ..."""
     wall_time: float = 0.0
 
     @property
@@ -87,20 +97,27 @@ class TestVerdict:
 
 @dataclass
 class SandboxResult:
-    """The outcome of one run; judged in the parent, so nothing the program prints can claim a pass."""
+    """The outcome of one run, judged in the parent: nothing the program prints can claim a pass."""
 
     passed: int
     total: int
     verdicts: list[TestVerdict]
     timed_out: bool
+    """Some test ran out of the wall-clock budget (the program was SIGKILLed)."""
     killed_by_signal: int | None
+    """The first signal that ended a test's program, if any."""
     memory_exceeded: bool
     output_exceeded: bool
     stdout: str
+    """The program's stdout over all tests, cut at output_bytes."""
     stderr: str
+    """The program's stderr over all tests, cut at output_bytes."""
     wall_time: float
+    """Seconds for the whole call, start-up and cleanup included."""
     isolation: Isolation
+    """The isolation level that was in force."""
     error: str = ""
+    """Trouble of the sandbox itself (not of the program); empty when all went well."""
     uid: int | None = None
     """The uid the program ran as (None: the caller's own uid)."""
     workdir: str = ""

@@ -41,7 +41,14 @@ def setup():
     kw = dict(model=model, seed=0, threads=1)
     rollout = RolloutWorker(0, 1, "rollout", **kw)
     actor = ActorWorker(
-        0, 1, "actor", train=cfg.train, algo=cfg.algo, temperature=0.8, total_optimizer_steps=4, **kw
+        0,
+        1,
+        "actor",
+        train=cfg.train,
+        loss_params=cfg.algo.actor_loss_params(5),
+        temperature=0.8,
+        total_optimizer_steps=4,
+        **kw,
     )
     reference = ReferenceWorker(0, 1, "reference", temperature=0.8, micro_batch_size=5, **kw)
     return cfg, batch, rollout, actor, reference

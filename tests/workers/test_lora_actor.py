@@ -37,7 +37,14 @@ def setup():
     batch = build_prompt_batch(cfg, rows, encode_prompts(rows, tok, None), step=1)
     kw = dict(model=cfg.model, seed=0, threads=1)
     actor = ActorWorker(
-        0, 1, "actor", train=cfg.train, algo=cfg.algo, temperature=1.0, total_optimizer_steps=3, **kw
+        0,
+        1,
+        "actor",
+        train=cfg.train,
+        loss_params=cfg.algo.actor_loss_params(4),
+        temperature=1.0,
+        total_optimizer_steps=3,
+        **kw,
     )
     reference = ReferenceWorker(0, 1, "reference", temperature=1.0, micro_batch_size=64, **kw)
     rollout = RolloutWorker(0, 1, "rollout", **kw)

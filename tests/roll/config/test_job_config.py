@@ -133,7 +133,7 @@ def test_cli_bad_input_one_message_no_traceback(tmp_path: Path) -> None:
 def test_cli_validate_show_plan_ok() -> None:
     assert run_cli("validate", "configs/quickstart.yaml").returncode == 0
     shown = run_cli("show", "configs/quickstart.yaml", "rollout.group_size=4")
-    assert shown.returncode == 0 and "group_size: 4" in shown.stdout and "clip_eps_low: 0.2" in shown.stdout
+    assert shown.returncode == 0 and "group_size: 4" in shown.stdout and "value_clip: 0.2" in shown.stdout
     planned = run_cli("plan", "configs/quickstart.yaml")
     assert planned.returncode == 0
     for role in ("actor", "rollout", "reference", "reward"):

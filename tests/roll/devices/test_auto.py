@@ -243,3 +243,15 @@ def test_plans_without_auto_are_unchanged():
     assert placed == roles and reasons == []
     assert build_device_plan(roles, GPU_8).reasons == []
     assert "why:" not in build_device_plan(roles, GPU_8).render()
+
+
+def test_cpu_cluster_disaggregates_on_request_and_checks_host_memory():
+    plan = build_device_plan(rlvr_roles(), CPU_1, needs=SMALL, prefer="disaggregate")
+    assert plan.device_groups() == {(0,): ["actor", "reference"], (1,): ["rollout"]}
+    # 7B bf16 on a 16 GiB host (13.6 GiB usable): the actor alone needs 104.3 GiB + activations.
+    with pytest.raises(DevicePlanError) as info:
+        build_device_plan({"actor": AUTO}, CPU_1, needs={"actor": LARGE["actor"]})
+    message = str(info.value)
+    assert message.startswith("role 'actor' needs ~111.8 GiB per CPU slot")
+    assert "the smallest node has 16.0 GiB (13.6 GiB usable at the 85% margin)" in message
+    assert message.endswith("use a machine with more memory, bf16 weights, or a smaller model")

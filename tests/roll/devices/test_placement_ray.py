@@ -17,6 +17,7 @@ from roll.devices import (
     ClusterResources,
     ColocateWith,
     PlacementManager,
+    RoleNeeds,
     RolePlacement,
     build_device_plan,
     set_worker_threads,
@@ -151,3 +152,30 @@ def test_plan_without_devices_needs_no_placement_group(local_ray):
     assert len(placement.actor_options("reward")) == 2
     with pytest.raises(DevicePlanError, match="not in the device plan"):
         placement.actor_options("actor")
+
+
+def test_auto_plan_places_disaggregated_roles_on_their_own_gpus(local_ray):
+    # 4 fake GPUs of 24 GiB (20.4 GiB = 21.9e9 bytes usable). Actor 0.5B fp32: 16 B/param = 8e9;
+    # reference 2e9; rollout 2e9 + 48e9 KV / dp. All on 4 GPUs: 8 + 2 + 2 + 12 = 24e9, too much at
+    # once, so the rollout gets the fewest GPUs it fits on (2 + 48/3 = 18e9 -> 3), the actor the 4th.
+    cluster = ClusterResources.from_ray(gpu_memory_bytes=24 * 2**30)
+    n = 500_000_000
+    needs = {
+        "actor": RoleNeeds("actor", "train", n, 4),
+        "rollout": RoleNeeds("rollout", "infer", n, 4, kv_cache_bytes=48 * 10**9),
+        "reference": RoleNeeds("reference", "frozen", n, 4),
+        "reward": RoleNeeds("reward", "cpu", 0, 4),
+    }
+    auto = RolePlacement(devices="auto")
+    roles = {"actor": auto, "rollout": auto, "reference": auto, "reward": auto}
+    plan = build_device_plan(roles, cluster, needs=needs)
+    assert plan.device_groups() == {(0,): ["actor", "reference"], (1, 2, 3): ["rollout"]}
+    with PlacementManager(plan, timeout_s=30) as placement:
+        workers = {role: start(placement, role) for role in roles}
+        info = {role: ray.get([w.info.remote() for w in ws]) for role, ws in workers.items()}
+        actor_ids = info["actor"][0]["gpu_ids"]
+        assert info["reference"][0]["gpu_ids"] == actor_ids
+        rollout_ids = [i["gpu_ids"][0] for i in info["rollout"]]
+        assert len(set(rollout_ids)) == 3 and actor_ids[0] not in rollout_ids
+        for actor in workers["reward"]:
+            ray.kill(actor)

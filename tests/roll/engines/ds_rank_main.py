@@ -1,13 +1,14 @@
 """One data-parallel rank of the DeepSpeed engine tests, run as its own process.
 
     python tests/roll/engines/ds_rank_main.py --rank 0 --world 2 --address tcp://127.0.0.1:PORT \
-        --stage 2 --out DIR (--save-after 3 | --load-from CKPT) --steps 5
+        --stages 2 3 --out DIR --steps 5 (--save-after 3 | --load-from FOLDER)
 
-Joins a gloo group (as ActorWorker.init_distributed does), trains on its contiguous share of the
-batch from ``make_batch`` and writes ``DIR/rank{r}.pt``: per-step stats and the weights after
-every step. ``--save-after k`` saves a DeepSpeed checkpoint to DIR/ckpt after step k and trains
-on; ``--load-from CKPT`` starts from that checkpoint. Also imported by the tests for the shared
-batch, loss and config.
+Joins a gloo group (as ActorWorker.init_distributed does) and, for each ZeRO stage in turn (one
+process for several stages saves the ~6 s import per process), trains a fresh engine on its
+contiguous share of the batch from ``make_batch``. Writes ``DIR/rank{r}.pt``: per stage, the
+per-step stats and the weights after every step. ``--save-after k`` saves a DeepSpeed checkpoint
+to DIR/ckpt{stage} after step k and trains on; ``--load-from FOLDER`` starts each stage from
+FOLDER/ckpt{stage}. Also imported by the tests for the shared batch, loss and config.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--world", type=int, required=True)
     parser.add_argument("--address", required=True)
-    parser.add_argument("--stage", type=int, required=True)
+    parser.add_argument("--stages", type=int, nargs="+", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--save-after", type=int)
@@ -99,19 +100,20 @@ def main() -> None:
     batch = make_batch()
     share = ROWS // args.world
     mine = {k: v[args.rank * share : (args.rank + 1) * share] for k, v in batch.items()}
-    engine = DeepSpeedTrainEngine(
-        tiny_model(), optim_config(), DeepSpeedConfig(zero_stage=args.stage), total_steps=8, role="actor"
-    )
-    if args.load_from:
-        engine.load_checkpoint(args.load_from)
-    record = {"stats": [], "weights": []}
-    for step in range(1, args.steps + 1):
-        record["stats"].append(engine.train_step(mine, policy_loss, "response_mask"))
-        record["weights"].append(engine.state_dict_numpy())
-        if step == args.save_after:
-            engine.save_checkpoint(args.out / "ckpt")
-    torch.save(record, args.out / f"rank{args.rank}.pt")
-    engine.destroy()
+    records = {}
+    for stage in args.stages:
+        config = DeepSpeedConfig(zero_stage=stage)
+        engine = DeepSpeedTrainEngine(tiny_model(), optim_config(), config, total_steps=8, role="actor")
+        if args.load_from:
+            engine.load_checkpoint(args.load_from / f"ckpt{stage}")
+        record = records[stage] = {"stats": [], "weights": []}
+        for step in range(1, args.steps + 1):
+            record["stats"].append(engine.train_step(mine, policy_loss, "response_mask"))
+            record["weights"].append(engine.state_dict_numpy())
+            if step == args.save_after:
+                engine.save_checkpoint(args.out / f"ckpt{stage}")
+        engine.destroy()
+    torch.save(records, args.out / f"rank{args.rank}.pt")
     dist.destroy_process_group()
 
 
