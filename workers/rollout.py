@@ -8,6 +8,8 @@ import torch
 from roll.controller import Batch, Dispatch, Worker, register
 from roll.engines.base import SamplingParams
 from roll.engines.hf_engine import HFInferEngine
+from roll.engines.vllm_engine import VLLMInferEngine
+from roll.models import load_tokenizer
 from roll.models.config import ModelConfig
 from workers.common import load_model, load_rng, rank_folder, save_rng, setup_process
 
@@ -24,11 +26,25 @@ class RolloutWorker(Worker):
         model: ModelConfig,
         seed: int,
         threads: int | None = None,
+        engine: str = "hf",
+        logprobs_mode: str = "processed_logprobs",
+        colocated: bool = True,
     ) -> None:
         super().__init__(rank, world_size, role)
         setup_process(threads, seed + 1000 + rank)
-        net, self.tokenizer = load_model(model, self.device)
-        self.engine = HFInferEngine(net, self.tokenizer, role)
+        if engine == "vllm":  # GPU hosts with the vllm extra; imported lazily
+            self.tokenizer = load_tokenizer(model)
+            self.engine = VLLMInferEngine.from_model_config(
+                model,
+                self.tokenizer,
+                role,
+                seed=seed + 1000 + rank,
+                colocated=colocated,
+                logprobs_mode=logprobs_mode,
+            )
+        else:
+            net, self.tokenizer = load_model(model, self.device)
+            self.engine = HFInferEngine(net, self.tokenizer, role)
 
     @register(Dispatch.SPLIT_BY_DP)
     def generate(self, batch: Batch) -> Batch:

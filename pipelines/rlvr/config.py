@@ -11,9 +11,18 @@ from roll.algos.policy_loss import ActorLossParams
 from roll.algos.registry import AlgorithmSpec, get_algorithm
 from roll.config.base import ConfigBase
 from roll.data import DataConfig
+from roll.devices.estimate import (
+    DTYPE_BYTES,
+    RoleNeeds,
+    estimate_params_from_hf_config,
+    kv_cache_bytes_from_hf_config,
+)
 from roll.devices.spec import ClusterConfig, ColocateWith, RolePlacement
 from roll.engines.config import OptimConfig
+from roll.engines.vllm_engine import choose_logprobs_mode
+from roll.errors import ConfigError
 from roll.models.config import ModelConfig
+from roll.models.sources import model_config_dict
 from roll.rewards import RewardConfig
 
 
@@ -29,6 +38,26 @@ class RolloutConfig(ConfigBase):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold; 1 disables.")
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 disables.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (kept in the output).")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Inference backend: 'hf' (HF generate, CPU and GPU) or 'vllm' (GPU hosts with the "
+        "vllm extra: pip install -e '.[vllm]').",
+    )
+    max_prompt_tokens: int = Field(256, ge=1, description="Prompt-length budget (device planning).")
+
+    @property
+    def logprobs_mode(self) -> str:
+        """vLLM logprobs_mode that yields the policy's log-probs for these settings."""
+        return choose_logprobs_mode(self.temperature, self.top_k, self.top_p)
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> "RolloutConfig":
+        if self.engine == "vllm":
+            try:
+                choose_logprobs_mode(self.temperature, self.top_k, self.top_p)
+            except ConfigError as err:
+                raise ValueError(str(err)) from err
+        return self
 
     @property
     def batch_size(self) -> int:
@@ -191,6 +220,34 @@ class RLVRConfig(ConfigBase):
         if self.algo.spec.needs_critic:
             roles.append("critic")
         return [*roles, "reward"]
+
+    @property
+    def role_needs(self) -> dict[str, RoleNeeds]:
+        """Memory needs per role, for `devices: auto` (roll.devices.auto)."""
+        hf = model_config_dict(self.model)
+        n = estimate_params_from_hf_config(hf)
+        b = DTYPE_BYTES[self.model.dtype]
+        tokens = self.rollout.batch_size * (self.rollout.max_prompt_tokens + self.rollout.max_new_tokens)
+        lora = self.train.lora
+        shape = dict(hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"])
+        return {
+            # the torch engine keeps fp32 master weights (train.dtype bf16 = autocast)
+            "actor": RoleNeeds(
+                "actor",
+                "train",
+                n,
+                4,
+                lora_rank=lora.rank if lora else None,
+                lora_targets=len(lora.target_modules) if lora else 7,
+                **shape,
+            ),
+            "rollout": RoleNeeds(
+                "rollout", "infer", n, b, kv_cache_bytes=kv_cache_bytes_from_hf_config(hf, b, tokens)
+            ),
+            "reference": RoleNeeds("reference", "frozen", n, b),
+            "critic": RoleNeeds("critic", "train", n, 4, **shape),
+            "reward": RoleNeeds("reward", "cpu", 0, 4),
+        }
 
     @property
     def role_batch_sizes(self) -> dict[str, int]:

@@ -133,7 +133,17 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
             total_optimizer_steps=total_opt_steps,
             seed=cfg.seed,
         ),
-        "rollout": group("rollout", RolloutWorker, model=cfg.model, seed=cfg.seed),
+        "rollout": group(
+            "rollout",
+            RolloutWorker,
+            model=cfg.model,
+            seed=cfg.seed,
+            engine=cfg.rollout.engine,
+            logprobs_mode=cfg.rollout.logprobs_mode if cfg.rollout.engine == "vllm" else "processed_logprobs",
+            colocated=len(plan.roles_on(plan.roles["rollout"].devices[0])) > 1
+            if plan.roles["rollout"].devices
+            else False,
+        ),
         "reward": group("reward", RewardWorker, reward=cfg.reward, imports=cfg.imports),
     }
     if "critic" in cfg.active_roles:

@@ -7,6 +7,7 @@ shows the traceback as well.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -87,7 +88,7 @@ def plan(job: Path = JobArg, overrides: Optional[list[str]] = OverridesArg) -> N
     from roll.jobs.local import plan_for
 
     loaded = _load(job, overrides or [])
-    out.print(plan_for(loaded).render())
+    print(plan_for(loaded).render(width=max(100, shutil.get_terminal_size((120, 40)).columns)))
 
 
 export_app = typer.Typer(help="Export artifacts of a run.", no_args_is_help=True)

@@ -51,7 +51,13 @@ def plan_for(job: LoadedJob, cluster: ClusterResources | None = None) -> DeviceP
     cluster = cluster or ClusterResources.local(cfg.cluster)
     names = getattr(cfg, "active_roles", None) or list(type(cfg.roles).model_fields)
     roles = {name: getattr(cfg.roles, name) for name in names}
-    return build_device_plan(roles, cluster, dp_batch_sizes=getattr(cfg, "role_batch_sizes", {}))
+    needs = getattr(cfg, "role_needs", {}) if any(r.is_auto for r in roles.values()) else {}
+    return build_device_plan(
+        roles,
+        cluster,
+        dp_batch_sizes=getattr(cfg, "role_batch_sizes", {}),
+        needs={k: needs[k] for k in roles if k in needs},
+    )
 
 
 def _run_id(run_dir: Path, resume: bool, name: str) -> str:
@@ -103,7 +109,10 @@ def run_job(job: LoadedJob, *, resume: bool = False, stream: TextIO | None = Non
     store = RunStore(run_dir / "roll.sqlite")
     placement = None
     try:
-        cluster = ClusterResources.from_ray(cpu_slots=cfg.cluster.cpu_slots)
+        gpu_gb = cfg.cluster.gpu_memory_gb
+        cluster = ClusterResources.from_ray(
+            cpu_slots=cfg.cluster.cpu_slots, gpu_memory_bytes=int(gpu_gb * 2**30) if gpu_gb else None
+        )
         plan = plan_for(job, cluster)
         placement = PlacementManager(plan, name=run_id)
         placement.create()

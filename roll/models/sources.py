@@ -11,6 +11,7 @@ which never builds or reads model weights.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from roll.errors import ModelSourceError
 from roll.models.config import ModelConfig
 from roll.models.smollm2 import find_gguf_file, is_complete_cache, load_smollm2, load_smollm2_tokenizer
-from roll.models.tiny import build_tiny_model
+from roll.models.tiny import build_tiny_model, tiny_model_hf_config
 from roll.models.tokenizer import build_tokenizer, load_tokenizer_folder
 
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -51,6 +52,27 @@ def prepare_model_source(cfg: ModelConfig) -> None:
         gguf = find_gguf_file()
         if not is_complete_cache(cfg.smollm2_cache_dir, gguf):
             load_smollm2(cfg.smollm2_cache_dir)
+
+
+SMOLLM2_CONFIG = {  # SmolLM2-135M-Instruct's config.json numbers (for planning without loading it)
+    "model_type": "llama",
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "tie_word_embeddings": True,
+}
+
+
+def model_config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """The model's HF config as a dict, without building or reading weights (for planning)."""
+    if cfg.source == "tiny":
+        return tiny_model_hf_config(cfg.tiny, build_tokenizer(cfg.tiny.vocab)).to_dict()
+    if cfg.source == "hf":
+        return json.loads((_checked_hf_folder(cfg) / "config.json").read_text())
+    return dict(SMOLLM2_CONFIG)
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:

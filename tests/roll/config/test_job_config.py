@@ -138,3 +138,28 @@ def test_cli_validate_show_plan_ok() -> None:
     assert planned.returncode == 0
     for role in ("actor", "rollout", "reference", "reward"):
         assert role in planned.stdout
+
+
+def test_auto_devices_are_planned_and_explained(tmp_path: Path) -> None:
+    job = load_job(
+        write(tmp_path, QUICKSTART),
+        [
+            "roles.actor.devices=auto",
+            "roles.rollout.devices=auto",
+            "cluster.num_gpus=2",
+            "cluster.gpu_memory_gb=16",
+        ],
+    )
+    plan = plan_for(job)
+    assert plan.roles["actor"].devices == [0, 1] and plan.roles["rollout"].devices == [0, 1]
+    assert plan.reasons and any("fit" in r for r in plan.reasons)
+    assert "why:" in plan.render()
+
+
+def test_engines_validate(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, QUICKSTART), ["rollout.engine=vllm"])
+    assert job.config.rollout.logprobs_mode == "processed_logprobs"  # top_k 0, top_p 1
+    with pytest.raises(ConfigError, match="top_k"):
+        load_job(
+            write(tmp_path, QUICKSTART), ["rollout.engine=vllm", "rollout.top_k=5", "rollout.temperature=0.7"]
+        )
