@@ -29,8 +29,10 @@ import contextlib
 import os
 import socket
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -38,14 +40,15 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from roll.config.base import ConfigBase
-from roll.devices.offload import OffloadManager
+from roll.devices.offload import OffloadManager, OffloadState
 from roll.engines.base import LossFn
-from roll.engines.config import OptimConfig
 from roll.engines.logprobs import response_logprobs
-from roll.engines.torch_engine import lr_lambda, slice_rows
 from roll.engines.weights import tensors_to_numpy
 from roll.errors import CheckpointError
 from roll.models.lora import apply_lora, merged_state_dict
+
+if TYPE_CHECKING:  # roll.engines.config imports DeepSpeedConfig from here: no import cycle
+    from roll.engines.config import OptimConfig
 
 CHECKPOINT_TAG = "engine"
 
@@ -165,6 +168,10 @@ def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def slice_rows(tensors: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
+    return {k: v[start:stop] for k, v in tensors.items()}  # as torch_engine.slice_rows
+
+
 def free_tcp_address() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -190,6 +197,12 @@ def start_deepspeed_comm(cpu_shm_comm: bool) -> bool:
         backend = "gloo" if get_accelerator().device_name() == "cpu" else "nccl"
         dist.init_process_group(backend, init_method=free_tcp_address(), rank=0, world_size=1)
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False, verbose=False)
+    # ZeRO calls these on every step; torch's rename notice would flood worker logs.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+        category=FutureWarning,
+    )
     return created
 
 
@@ -212,6 +225,8 @@ class DeepSpeedTrainEngine:
         role: str,
     ) -> None:
         import deepspeed
+
+        from roll.engines.torch_engine import lr_lambda  # here: torch_engine imports roll.engines.config
 
         self.cfg = cfg
         self.ds = ds
@@ -352,11 +367,23 @@ class DeepSpeedTrainEngine:
         params = list(self.model.parameters()) if self.ds.zero_stage == 3 else []
         return deepspeed.zero.GatheredParameters(params, enabled=bool(params))
 
+    @contextlib.contextmanager
+    def _active(self) -> Iterator[None]:
+        """Reloaded for the duration when offloaded: a colocated role is checkpointed (and may
+        publish weights) while it sleeps, and ZeRO state must be on its device for that."""
+        offloaded = self.offloader.state is OffloadState.OFFLOADED
+        if offloaded:
+            self.offloader.reload()
+        try:
+            yield
+        finally:
+            if offloaded:
+                self.offloader.offload()
+
     def state_dict_numpy(self) -> dict[str, np.ndarray]:
         """Full weights under plain HF names (LoRA merged) on every rank, as numpy; bf16 travels as
         int16 bit patterns. Collective under ZeRO-3: every rank calls it."""
-        self.offloader.require_active("state_dict_numpy")
-        with self.gathered_weights():
+        with self._active(), self.gathered_weights():
             # Own copies: under ZeRO-3 the gathered storage is released when the context exits.
             tensors = {k: v.detach().to("cpu", copy=True) for k, v in merged_state_dict(self.model).items()}
         return tensors_to_numpy(tensors)
@@ -364,21 +391,21 @@ class DeepSpeedTrainEngine:
     def save_checkpoint(self, folder: Path) -> None:
         """Model, optimizer and LR schedule into ``folder`` (shared by all ranks; each writes its
         shards). Collective: every rank calls it."""
-        self.offloader.require_active("save_checkpoint")
         Path(folder).mkdir(parents=True, exist_ok=True)
-        self.engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG)
+        with self._active():
+            self.engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG)
 
     def load_checkpoint(self, folder: Path) -> None:
         """Restore what save_checkpoint wrote (same ZeRO stage and data-parallel size)."""
-        self.offloader.require_active("load_checkpoint")
         if not (Path(folder) / CHECKPOINT_TAG).is_dir():
             raise CheckpointError(
                 f"no DeepSpeed checkpoint '{CHECKPOINT_TAG}' in {folder}; resume from a folder that "
                 "save_checkpoint wrote with the deepspeed engine"
             )
-        self.engine.load_checkpoint(
-            str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        with self._active():
+            self.engine.load_checkpoint(
+                str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
 
     # ---- offload ------------------------------------------------------------------------------
     def _offload_manager(self) -> OffloadManager:

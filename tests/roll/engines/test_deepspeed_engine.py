@@ -220,7 +220,7 @@ def test_bf16_zero2_trains(batch) -> None:
         engine.destroy()
 
 
-def test_offload_state_machine(batch) -> None:
+def test_offload_state_machine(batch, tmp_path) -> None:
     engine = DeepSpeedTrainEngine(tiny_model(), optim_config(), DeepSpeedConfig(zero_stage=2), 8, "actor")
     try:
         train(engine, batch, 1)
@@ -233,14 +233,18 @@ def test_offload_state_machine(batch) -> None:
         for call in (
             lambda: engine.train_step(batch, policy_loss, "response_mask"),
             lambda: engine.forward_logprobs(batch, 1.0),
-            lambda: engine.state_dict_numpy(),
             engine.offload,
         ):
             with pytest.raises(StateError):
                 call()
+        # Checkpoints and weight reads work while offloaded (reloaded for the duration).
+        weights = engine.state_dict_numpy()
+        engine.save_checkpoint(tmp_path / "ckpt")
+        assert engine.offloader.stats()["state"] == "offloaded"
         stats = engine.reload()
-        assert stats["state"] == "active" and stats["total_reloads"] == 1
-        assert stats["bytes_moved_total"] == 2 * offloaded and stats["offloaded_bytes"] == 0
+        assert stats["state"] == "active" and stats["total_reloads"] == 3  # 2 inside the reads
+        assert stats["bytes_moved_total"] == 6 * offloaded and stats["offloaded_bytes"] == 0
+        assert_weights_close(engine.state_dict_numpy(), weights, atol=0)
         with pytest.raises(StateError):
             engine.reload()
         train(engine, batch, 1)
