@@ -30,7 +30,7 @@ from roll.algos.registry import compute_advantages
 from roll.algos.reward_shaping import overlong_penalty
 from roll.algos.token_advantages import clip_advantages
 from roll.config.registry import register_pipeline
-from roll.controller import Batch, WorkerGroup
+from roll.controller import Batch, GroupFuture, WorkerGroup
 from roll.data import PromptSampler, load_rows
 from roll.engines.base import SamplingParams
 from roll.jobs.checkpoint import CheckpointWriter, read_json, write_json
@@ -63,31 +63,35 @@ class StageTimer:
 class ColocationSwitch:
     """Reloads a role before its stage and offloads it after, when it shares devices.
 
-    Counts the bytes each switch moves (from the workers' offload state machines), reported per
-    step as ``offload/bytes_moved``.
+    The transitions are submitted without waiting: Ray runs one actor's calls in order, so a
+    reload always lands before the stage's work and an offload after it, and the driver saves a
+    round trip per transition. Their results (the bytes each switch moved, from the workers'
+    offload state machines) are collected once a step as ``offload/bytes_moved``; a failed
+    transition raises there, or earlier from the work call that needed the role active.
     """
 
     def __init__(self, groups: dict[str, WorkerGroup], ctx: RunContext) -> None:
         shared = {name for roles in ctx.plan.device_groups().values() if len(roles) > 1 for name in roles}
         self.groups = {name: g for name, g in groups.items() if name in shared}
+        self.pending: dict[str, GroupFuture] = {}
         self.moved: dict[str, int] = {}
         self.reported = 0
         for name, group in self.groups.items():
-            self._record(name, group.offload())
-
-    def _record(self, role: str, stats: list[dict]) -> None:
-        self.moved[role] = sum(s["bytes_moved_total"] for s in stats)
+            self.pending[name] = group.offload.future()
 
     @contextmanager
     def active(self, role: str) -> Iterator[None]:
         group = self.groups.get(role)
         if group is not None:
-            group.reload()
+            group.reload.future()
         yield
         if group is not None:
-            self._record(role, group.offload())
+            self.pending[role] = group.offload.future()
 
     def step_metrics(self) -> dict[str, float]:
+        for role, future in self.pending.items():
+            self.moved[role] = sum(s["bytes_moved_total"] for s in future.get())
+        self.pending = {}
         total = sum(self.moved.values())
         delta, self.reported = total - self.reported, total
         return {"offload/bytes_moved": float(delta)}
@@ -315,9 +319,8 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
             )
         with timer("generate"), switch.active("rollout"):
             batch = batch.union(groups["rollout"].generate(batch))
-        with timer("reward"):
-            batch = batch.union(groups["reward"].compute_rewards(batch.select("response_text", "row")))
-            batch = shape_rewards(cfg, batch)
+        # rule rewards run on their own CPU worker while the reference and critic compute
+        reward_future = groups["reward"].compute_rewards.future(batch.select("response_text", "row"))
         with timer("old_logprobs"):
             if cfg.algo.recompute_old_logprobs:
                 with switch.active("actor"):
@@ -333,6 +336,8 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
         if "critic" in groups:
             with timer("values"), switch.active("critic"):
                 batch = batch.union(groups["critic"].compute_values(batch.select(*TRAIN_INPUTS)))
+        with timer("reward"):  # only the part not hidden behind the stages above
+            batch = shape_rewards(cfg, batch.union(reward_future.get()))
         with timer("advantage"):
             batch = batch.union(advantages(cfg, batch, kl_ctl.value))
         with timer("train"), switch.active("actor"):

@@ -215,7 +215,6 @@
   }
 
   function onSelect(u) {
-    console.log("SELECT", JSON.stringify(u.select), u.posToVal(u.select.left, "x"));
     if (u.select.width < 4) return;
     const min = u.posToVal(u.select.left, "x");
     const max = u.posToVal(u.select.left + u.select.width, "x");
@@ -258,7 +257,6 @@
       if (state.zoom) chart.plot.setScale("x", { min: state.zoom.min, max: state.zoom.max });
       chart.node.dataset.x = state.xMode;
       chart.node.dataset.points = built.data[0].length;
-      if (spec.id === "reward") console.log("DRAW", built.data[0].length, JSON.stringify(state.zoom), state.xMode);
       chart.node.dataset.lastStep = built.lastStep === null ? "" : built.lastStep;
     }
   }

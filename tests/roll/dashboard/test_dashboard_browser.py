@@ -140,8 +140,6 @@ def test_run_page_updates_live(browser_page, live_server, workspace, tmp_path):
     # drag to zoom: the chart refetches the range at full resolution
     page.select_option("#x-axis", "step")
     page.wait_for_selector(f"{reward}[data-x='step'][data-points='{STEPS + 1}']")
-    page.on("request", lambda r: "metrics" in r.url and print("REQ", r.url[-60:]))
-    page.on("console", lambda m: print("CONSOLE", m.text))
     box = page.locator(f"{reward} .u-over").bounding_box()
     y = box["y"] + box["height"] / 2
     page.mouse.move(box["x"] + box["width"] * 0.4, y)
@@ -159,13 +157,13 @@ def test_runs_list_compare_and_validate(browser_page, live_server, tmp_path):
     assert page.inner_text("#token-state") == "set"  # ... and was kept in the browser
     assert page.locator("#runs-table tbody tr").count() == 2
     page.select_option("#status-filter", "completed")
-    page.wait_for_url("**/?status=completed**")
+    page.wait_for_url(re.compile(r"/\?status=completed"))
     assert page.locator("#runs-table tbody tr").count() == 1
     page.goto(f"{live_server.url}/")
     page.check(f"input[value='{RUN_A}']")
     page.check(f"input[value='{RUN_B}']")
     page.click("#compare-button")
-    page.wait_for_url(f"**/runs/{RUN_A}?compare={RUN_B}")
+    page.wait_for_url(re.compile(re.escape(f"/runs/{RUN_A}?compare={RUN_B}") + "$"))
     page.wait_for_selector("#chart-reward canvas")
     assert page.locator("#legend-runs .run-chip").count() == 2
     labels = page.inner_text("#chart-reward .u-legend")
