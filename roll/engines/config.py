@@ -7,14 +7,20 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from roll.config.base import ConfigBase
+from roll.engines.deepspeed_engine import DeepSpeedConfig
 from roll.models.lora import LoraConfig
 
 
 class OptimConfig(ConfigBase):
     """AdamW, LR schedule, gradient clipping and how a train batch is cut into pieces."""
 
-    engine: Literal["torch"] = Field(
-        "torch", description="Training backend. 'torch' runs on CPU and GPU; deepspeed comes later."
+    engine: Literal["torch", "deepspeed"] = Field(
+        "torch",
+        description="Training backend: 'torch' (plain AdamW, CPU and GPU) or 'deepspeed' (ZeRO 0-3, "
+        "offload; needs the deepspeed extra). Both run the same math.",
+    )
+    deepspeed: DeepSpeedConfig = Field(
+        default_factory=DeepSpeedConfig, description="DeepSpeed settings, used when engine is 'deepspeed'."
     )
     lr: float = Field(1e-5, gt=0, description="Peak learning rate of AdamW.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")

@@ -9,7 +9,7 @@
   const POLL_MS = 2000;
   const MAX_POINTS = 800;
   const LONG_TEXT = 280;
-  const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
+  const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79"];
   const DASHES = [[], [7, 4], [2, 3], [9, 3, 2, 3], [1, 2]];
   const api = (run, path) => `/api/runs/${encodeURIComponent(run)}${path}`;
 

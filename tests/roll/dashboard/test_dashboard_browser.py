@@ -163,7 +163,8 @@ def test_runs_list_compare_and_validate(browser_page, live_server, tmp_path):
     page.check(f"input[value='{RUN_A}']")
     page.check(f"input[value='{RUN_B}']")
     page.click("#compare-button")
-    page.wait_for_url(re.compile(re.escape(f"/runs/{RUN_A}?compare={RUN_B}") + "$"))
+    # the first ticked run in the table (newest first) is the page's run, the others are overlaid
+    page.wait_for_url(re.compile(re.escape(f"/runs/{RUN_B}?compare={RUN_A}") + "$"))
     page.wait_for_selector("#chart-reward canvas")
     assert page.locator("#legend-runs .run-chip").count() == 2
     labels = page.inner_text("#chart-reward .u-legend")
