@@ -34,6 +34,8 @@ STORE_FILE = "roll.sqlite"
 MAX_DEPTH = 3
 # Folders that hold run artifacts, never run stores; skipping them keeps discovery fast.
 _SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "model", "node_modules", "__pycache__"})
+# an unknown run id rescans at most this often (requests for made-up ids cannot keep walking the disk)
+_MIN_RESCAN_S = 0.5
 _log = logging.getLogger(__name__)
 
 
@@ -119,7 +121,7 @@ class Workspace:
         if not valid_run_id(run_id):
             return None
         found = self._scan(self._rescan_s).get(run_id)
-        return found if found is not None else self._scan(0.0).get(run_id)
+        return found if found is not None else self._scan(_MIN_RESCAN_S).get(run_id)
 
     # ----------------------------------------------------------------------------- runs
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +42,7 @@ from roll.config.base import ConfigBase
 from roll.devices.offload import OffloadManager, OffloadState
 from roll.engines.base import LossFn
 from roll.engines.logprobs import response_logprobs
+from roll.engines.steps import lr_lambda, mini_batch_rows, run_mini_batches, slice_rows
 from roll.engines.weights import tensors_to_numpy
 from roll.errors import CheckpointError
 from roll.models.lora import apply_lora, merged_state_dict
@@ -168,10 +168,6 @@ def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def slice_rows(tensors: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
-    return {k: v[start:stop] for k, v in tensors.items()}  # as torch_engine.slice_rows
-
-
 def free_tcp_address() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -225,8 +221,6 @@ class DeepSpeedTrainEngine:
         role: str,
     ) -> None:
         import deepspeed
-
-        from roll.engines.torch_engine import lr_lambda  # here: torch_engine imports roll.engines.config
 
         self.cfg = cfg
         self.ds = ds
@@ -299,31 +293,17 @@ class DeepSpeedTrainEngine:
         """
         self.offloader.require_active("train_step")
         self.engine.train()
-        rows = tensors["input_ids"].shape[0]
-        if rows % self.cfg.mini_batches:
-            raise ValueError(
-                f"train batch of {rows} rows does not split into train.mini_batches="
-                f"{self.cfg.mini_batches}; choose a divisor of {rows}"
-            )
-        mini_size = rows // self.cfg.mini_batches
+        mini_size = mini_batch_rows(tensors["input_ids"].shape[0], self.cfg)
         micro_batches = -(-mini_size // self.cfg.micro_batch_size)
         # DeepSpeed's accumulation steps = micro-batches per mini-batch (bookkeeping and sample
         # counts); the boundary itself is set explicitly in _optimizer_step.
         self.engine.set_train_batch_size(
             self.cfg.micro_batch_size * micro_batches * self.engine.dp_world_size
         )
-        totals: dict[str, float] = {}
-        grad_norms: list[float] = []
-        start_time = time.perf_counter()
-        for _ in range(self.cfg.epochs):
-            for mini_start in range(0, rows, mini_size):
-                mini = slice_rows(tensors, mini_start, mini_start + mini_size)
-                grad_norms.append(self._optimizer_step(mini, loss_fn, weight_key, totals))
-        n_steps = self.cfg.epochs * self.cfg.mini_batches
-        stats = {k: v / n_steps for k, v in totals.items()}
-        stats["actor/grad_norm"] = float(np.mean(grad_norms))
+        stats = run_mini_batches(
+            tensors, self.cfg, lambda mini, totals: self._optimizer_step(mini, loss_fn, weight_key, totals)
+        )
         stats["actor/lr"] = float(self.scheduler.get_last_lr()[0])
-        stats["time/train_compute"] = time.perf_counter() - start_time
         return stats
 
     def _optimizer_step(self, mini, loss_fn: LossFn, weight_key: str, totals: dict) -> float:

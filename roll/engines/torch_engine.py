@@ -4,8 +4,6 @@ clipping, data-parallel gradient averaging over torch.distributed, checkpoints a
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +15,9 @@ from roll.devices.offload import OffloadManager
 from roll.engines.base import LossFn
 from roll.engines.config import OptimConfig
 from roll.engines.logprobs import response_logprobs
+from roll.engines.steps import lr_lambda, run_mini_batches, slice_rows
 from roll.engines.weights import tensors_to_numpy
 from roll.models.lora import apply_lora, merged_state_dict
-
-
-def lr_lambda(cfg: OptimConfig, total_steps: int):
-    """Multiplier of the peak LR at optimizer step ``s`` (warmup, then constant/linear/cosine)."""
-
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        span = max(1, total_steps - cfg.warmup_steps)
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
-        if cfg.lr_schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def slice_rows(tensors: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
-    return {k: v[start:stop] for k, v in tensors.items()}
 
 
 class TorchTrainEngine:
@@ -104,25 +82,10 @@ class TorchTrainEngine:
         """
         self.offloader.require_active("train_step")
         self.model.train()
-        rows = tensors["input_ids"].shape[0]
-        if rows % self.cfg.mini_batches:
-            raise ValueError(
-                f"train batch of {rows} rows does not split into train.mini_batches="
-                f"{self.cfg.mini_batches}; choose a divisor of {rows}"
-            )
-        mini_size = rows // self.cfg.mini_batches
-        totals: dict[str, float] = {}
-        grad_norms: list[float] = []
-        start_time = time.perf_counter()
-        for _ in range(self.cfg.epochs):
-            for mini_start in range(0, rows, mini_size):
-                mini = slice_rows(tensors, mini_start, mini_start + mini_size)
-                grad_norms.append(self._optimizer_step(mini, loss_fn, weight_key, totals))
-        n_steps = self.cfg.epochs * self.cfg.mini_batches
-        stats = {k: v / n_steps for k, v in totals.items()}
-        stats["actor/grad_norm"] = float(np.mean(grad_norms))
+        stats = run_mini_batches(
+            tensors, self.cfg, lambda mini, totals: self._optimizer_step(mini, loss_fn, weight_key, totals)
+        )
         stats["actor/lr"] = float(self.scheduler.get_last_lr()[0])
-        stats["time/train_compute"] = time.perf_counter() - start_time
         return stats
 
     def _optimizer_step(self, mini, loss_fn: LossFn, weight_key: str, totals: dict) -> float:

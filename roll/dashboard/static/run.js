@@ -9,6 +9,7 @@
   const POLL_MS = 2000;
   const MAX_POINTS = 800;
   const LONG_TEXT = 280;
+  const FINISHED = ["completed", "failed", "interrupted", "stopped"];
   const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79"];
   const DASHES = [[], [7, 4], [2, 3], [9, 3, 2, 3], [1, 2]];
   const api = (run, path) => `/api/runs/${encodeURIComponent(run)}${path}`;
@@ -96,7 +97,10 @@
 
   async function refreshMetrics() {
     const keys = allChartKeys();
-    if (!keys.length) return;
+    if (!keys.length) {
+      drawCharts(); // placeholders until the run logs its first metrics
+      return;
+    }
     const ranges = Object.fromEntries(RUNS.map((run) => [run, stepRange(run)]));
     for (const run of RUNS) {
       const params = new URLSearchParams({ keys: keys.join(","), max_points: MAX_POINTS, smoothing: state.smoothing });
@@ -233,7 +237,7 @@
       if (!built) {
         if (!chart) {
           const node = el("div", { class: "chart empty", id: `chart-${spec.id}`, "data-chart": spec.id },
-            el("div", { class: "chart-title", text: spec.title }), el("p", { text: `not logged by this run (${spec.keys.join(", ")})` }));
+            el("div", { class: "chart-title", text: spec.title }), el("p", { text: `no data (yet): ${spec.keys.concat(spec.right || []).join(", ")}` }));
           grid.append(node);
           state.charts[spec.id] = { node, plot: null, signature: null };
         }
@@ -283,6 +287,7 @@
     badge.className = `status status-${run.status}`;
     document.getElementById("run-step").textContent = run.last_step === null ? "–" : run.last_step;
     if (detail.stop_requested) document.getElementById("stop-state").textContent = "stop requested";
+    document.getElementById("stop-button").disabled = FINISHED.includes(run.status);
     const body = document.getElementById("events-body");
     for (const event of detail.events) {
       body.append(
