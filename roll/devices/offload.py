@@ -46,7 +46,43 @@ class OffloadState(enum.Enum):
     OFFLOADED = "offloaded"
 
 
-class OffloadManager:
+class OffloadStateMachine:
+    """The ACTIVE <-> OFFLOADED states and their counters, shared by every offloadable engine part
+    (``OffloadManager`` for torch tensors, the vLLM engine's sleep/wake)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = OffloadState.ACTIVE
+        self._offloaded_bytes = 0
+        self._total_offloads = 0
+        self._total_reloads = 0
+        self._bytes_moved_total = 0
+        self._last_offload_s: float | None = None
+        self._last_reload_s: float | None = None
+
+    def require_active(self, action: str) -> None:
+        """Raise StateError unless ACTIVE, e.g. "actor: cannot train_step while OFFLOADED; ..."."""
+        self._require(OffloadState.ACTIVE, action, "call reload() first")
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: state, offloaded_bytes (now), total_offloads, total_reloads,
+        bytes_moved_total (both directions), last_offload_s, last_reload_s (seconds or None)."""
+        return {
+            "state": self.state.value,
+            "offloaded_bytes": self._offloaded_bytes,
+            "total_offloads": self._total_offloads,
+            "total_reloads": self._total_reloads,
+            "bytes_moved_total": self._bytes_moved_total,
+            "last_offload_s": self._last_offload_s,
+            "last_reload_s": self._last_reload_s,
+        }
+
+    def _require(self, state: OffloadState, action: str, fix: str) -> None:
+        if self.state is not state:
+            raise StateError(f"{self.name}: cannot {action} while {self.state.name}; {fix}")
+
+
+class OffloadManager(OffloadStateMachine):
     """Moves one role's tracked tensors off its device and back.
 
     Args:
@@ -55,18 +91,11 @@ class OffloadManager:
     """
 
     def __init__(self, name: str, device: torch.device | str) -> None:
-        self.name = name
+        super().__init__(name)
         self.device = torch.device(device)
-        self.state = OffloadState.ACTIVE
         self._modules: dict[str, torch.nn.Module] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._moved: list[torch.Tensor] = []
-        self._offloaded_bytes = 0
-        self._total_offloads = 0
-        self._total_reloads = 0
-        self._bytes_moved_total = 0
-        self._last_offload_s: float | None = None
-        self._last_reload_s: float | None = None
 
     @property
     def moves_data(self) -> bool:
@@ -130,27 +159,6 @@ class OffloadManager:
         self._total_reloads += 1
         self._last_reload_s = time.perf_counter() - start
         return nbytes
-
-    def require_active(self, action: str) -> None:
-        """Raise StateError unless ACTIVE, e.g. "actor: cannot train_step while OFFLOADED; ..."."""
-        self._require(OffloadState.ACTIVE, action, "call reload() first")
-
-    def stats(self) -> dict[str, Any]:
-        """Counters: state, offloaded_bytes (now), total_offloads, total_reloads,
-        bytes_moved_total (both directions), last_offload_s, last_reload_s (seconds or None)."""
-        return {
-            "state": self.state.value,
-            "offloaded_bytes": self._offloaded_bytes,
-            "total_offloads": self._total_offloads,
-            "total_reloads": self._total_reloads,
-            "bytes_moved_total": self._bytes_moved_total,
-            "last_offload_s": self._last_offload_s,
-            "last_reload_s": self._last_reload_s,
-        }
-
-    def _require(self, state: OffloadState, action: str, fix: str) -> None:
-        if self.state is not state:
-            raise StateError(f"{self.name}: cannot {action} while {self.state.name}; {fix}")
 
     def _check_new_name(self, name: str) -> None:
         if name in self._modules or name in self._optimizers:

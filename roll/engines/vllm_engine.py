@@ -58,9 +58,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from roll.devices.offload import OffloadState
+from roll.devices.offload import OffloadState, OffloadStateMachine
 from roll.engines.base import GenerationOutput, SamplingParams
-from roll.errors import ConfigError, ModelSourceError, StateError
+from roll.errors import ConfigError, ModelSourceError
 from roll.models.config import ModelConfig
 
 VLLM_MISSING = (
@@ -237,7 +237,7 @@ def _array_to_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 
 # ---- sleep state machine ----------------------------------------------------------------------
-class EngineSleepState:
+class EngineSleepState(OffloadStateMachine):
     """ACTIVE <-> OFFLOADED for an engine that frees its own device memory (vLLM sleep/wake_up).
 
     The same state machine and ``stats()`` keys as ``OffloadManager``: ``require_active`` refuses
@@ -254,15 +254,8 @@ class EngineSleepState:
         wake: Callable[[], None] | None = None,
         free_device_bytes: Callable[[], int] | None = None,
     ) -> None:
-        self.name = name
-        self.state = OffloadState.ACTIVE
+        super().__init__(name)
         self._sleep, self._wake, self._free = sleep, wake, free_device_bytes or (lambda: 0)
-        self._offloaded_bytes = 0
-        self._total_offloads = 0
-        self._total_reloads = 0
-        self._bytes_moved_total = 0
-        self._last_offload_s: float | None = None
-        self._last_reload_s: float | None = None
 
     def offload(self) -> int:
         """ACTIVE -> OFFLOADED (calls ``sleep``). Returns the device bytes released."""
@@ -291,25 +284,6 @@ class EngineSleepState:
         self._total_reloads += 1
         self._last_reload_s = time.perf_counter() - start
         return taken
-
-    def require_active(self, action: str) -> None:
-        """Raise StateError unless ACTIVE, e.g. "rollout: cannot generate while OFFLOADED; ..."."""
-        self._require(OffloadState.ACTIVE, action, "call reload() first")
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "offloaded_bytes": self._offloaded_bytes,
-            "total_offloads": self._total_offloads,
-            "total_reloads": self._total_reloads,
-            "bytes_moved_total": self._bytes_moved_total,
-            "last_offload_s": self._last_offload_s,
-            "last_reload_s": self._last_reload_s,
-        }
-
-    def _require(self, state: OffloadState, action: str, fix: str) -> None:
-        if self.state is not state:
-            raise StateError(f"{self.name}: cannot {action} while {self.state.name}; {fix}")
 
 
 # ---- engine -----------------------------------------------------------------------------------
