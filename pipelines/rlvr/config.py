@@ -167,7 +167,11 @@ class RLVRConfig(ConfigBase):
     """RL with verifiable rewards: sample groups, score, GRPO update, sync weights."""
 
     pipeline: Literal["rlvr"] = Field(description="Selects this pipeline.")
-    name: str = Field("rlvr", description="Run name (shown in logs and the run store).")
+    name: str = Field(
+        "rlvr",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Run name (letters, digits, . _ -; part of the run id, logs, dashboard).",
+    )
     imports: list[str] = Field(
         default_factory=list, description="Modules to import first (custom rewards, pipelines)."
     )

@@ -1,4 +1,4 @@
-"""The one ``roll`` command: run | validate | show | plan (more verbs arrive with later issues).
+"""The one ``roll`` command: run | validate | show | plan | export | dashboard.
 
 Every user mistake is a ``RollError``: one clear message on stderr and a non-zero exit; ``--debug``
 shows the traceback as well.
@@ -89,6 +89,18 @@ def plan(job: Path = JobArg, overrides: Optional[list[str]] = OverridesArg) -> N
 
     loaded = _load(job, overrides or [])
     print(plan_for(loaded).render(width=max(100, shutil.get_terminal_size((120, 40)).columns)))
+
+
+@app.command()
+def dashboard(
+    port: int = typer.Option(8686, "--port", help="Port (8686: clear of Ray, TensorBoard, MLflow)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; loopback unless you must."),
+    workspace: Path = typer.Option(Path("runs"), "--workspace", help="Folder holding the run folders."),
+) -> None:
+    """Serve the web dashboard: runs, live charts, rollouts, config; stop and validate need the token."""
+    from roll.dashboard import serve
+
+    serve(workspace, host=host, port=port)
 
 
 export_app = typer.Typer(help="Export artifacts of a run.", no_args_is_help=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from roll.config.loader import dump_yaml
@@ -226,33 +226,49 @@ def _resolved_config(run_dir: Path | None, config_json: str | None) -> str:
     return dump_yaml(json.loads(config_json))
 
 
-def register_pages(app: FastAPI, ws: Workspace) -> None:
-    """Add the HTML routes to ``app``."""
+def workspace_of(request: Request) -> Workspace:
+    """The app's workspace (a FastAPI dependency)."""
+    return request.app.state.workspace
 
-    @app.get("/", response_class=HTMLResponse)
-    def runs_page(
-        status: str = Query("", max_length=20), metric: str = Query("reward/mean", max_length=200)
-    ) -> HTMLResponse:
-        return _runs_page(ws, status if status in RUN_STATUSES else None, metric or "reward/mean")
 
-    @app.get("/compare")
-    def compare(run: list[str] = Query([])) -> Any:
-        chosen = [r for r in run if valid_run_id(r)]
-        if not chosen:
-            return RedirectResponse("/", status_code=303)
-        rest = ",".join(chosen[1 : MAX_COMPARED + 1])
-        target = f"/runs/{quote(chosen[0])}" + (f"?compare={quote(rest)}" if rest else "")
-        return RedirectResponse(target, status_code=303)
+pages = APIRouter()
 
-    @app.get("/runs/{run_id}", response_class=HTMLResponse)
-    def run_page(run_id: str, compare: str = Query("", max_length=2000)) -> HTMLResponse:
-        if not valid_run_id(run_id):
-            return _not_found("invalid run id")
-        return _run_page(ws, run_id, compare)
 
-    @app.get("/validate", response_class=HTMLResponse)
-    def validate_page() -> HTMLResponse:
-        body = """
+@pages.get("/", response_class=HTMLResponse)
+def runs_page(
+    ws: Workspace = Depends(workspace_of),
+    status: str = Query("", max_length=20),
+    metric: str = Query("reward/mean", max_length=200),
+) -> HTMLResponse:
+    return _runs_page(ws, status if status in RUN_STATUSES else None, metric or "reward/mean")
+
+
+@pages.get("/compare")
+def compare(run: list[str] = Query([])) -> RedirectResponse:
+    """``/compare?run=a&run=b`` (the runs list's form) -> ``/runs/a?compare=b``."""
+    chosen = [r for r in run if valid_run_id(r)]
+    if not chosen:
+        return RedirectResponse("/", status_code=303)
+    rest = ",".join(chosen[1 : MAX_COMPARED + 1])
+    target = f"/runs/{quote(chosen[0])}" + (f"?compare={quote(rest)}" if rest else "")
+    return RedirectResponse(target, status_code=303)
+
+
+@pages.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(
+    run_id: str, ws: Workspace = Depends(workspace_of), compare: str = Query("", max_length=2000)
+) -> HTMLResponse:
+    if not valid_run_id(run_id):
+        return _not_found("invalid run id")
+    return _run_page(ws, run_id, compare)
+
+
+@pages.get("/validate", response_class=HTMLResponse)
+def validate_page() -> HTMLResponse:
+    return _layout("validate", VALIDATE_BODY, "validate")
+
+
+VALIDATE_BODY = """
 <h1>Validate a job</h1>
 <p>Paste a YAML job or choose a file; it is checked with the same code and messages as
 <code>roll validate</code> (a job that uses <code>imports:</code> is refused here). Needs the token.</p>
@@ -260,4 +276,3 @@ def register_pages(app: FastAPI, ws: Workspace) -> None:
 <textarea id="job-text" rows="22" spellcheck="false" placeholder="pipeline: rlvr"></textarea>
 <p><button id="validate-button" type="button">validate</button></p>
 <pre id="validate-result" class="result"></pre>"""
-        return _layout("validate", body, "validate")

@@ -19,6 +19,8 @@ from dashboard_support import AUTH, BASE, PORT, RUN_A, TOKEN
 import roll.dashboard
 import roll.dashboard.security as security
 from roll.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, create_app, serve
+from roll.dashboard.app import api, require_token
+from roll.dashboard.pages import pages
 from roll.dashboard.security import (
     TOKEN_FILE,
     allowed_hosts,
@@ -115,15 +117,15 @@ def test_token_compared_in_constant_time(monkeypatch):
     assert not token_matches(None, TOKEN) and not token_matches(f"Basic {TOKEN}", TOKEN)
 
 
-def _post_routes(app):
-    return sorted(r.path for r in app.routes if "POST" in getattr(r, "methods", set()))
-
-
 def test_every_state_changing_route_needs_the_token(client, workspace):
-    posts = _post_routes(client.app)
+    routes = [r for router in (api, pages) for r in router.routes]
+    posts = sorted(r.path for r in routes if "POST" in r.methods)
     assert posts == ["/api/jobs/validate", "/api/runs/{run_id}/stop"]
-    others = {m for r in client.app.routes for m in getattr(r, "methods", set())} - {"GET", "HEAD", "POST"}
+    others = {m for r in routes for m in r.methods} - {"GET", "POST"}
     assert not others  # no PUT / DELETE / PATCH routes around the token check
+    assert all(
+        require_token in [d.call for d in r.dependant.dependencies] for r in routes if "POST" in r.methods
+    )
     for path, body in STATE_CHANGING:
         missing = client.post(path, content=body)
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
