@@ -224,13 +224,16 @@ CHECKPOINTED_ROLES = ("actor", "rollout", "critic")
 def save_checkpoint(
     cfg: RLVRConfig, ctx: RunContext, groups, sampler: PromptSampler, kl_ctl, step: int
 ) -> None:
+    start = time.perf_counter()
     with CheckpointWriter(ctx.checkpoint_root, step, keep_last=cfg.checkpoint.keep_last) as writer:
         for role in CHECKPOINTED_ROLES:
             if role in groups:
                 groups[role].save_checkpoint(str(writer.tmp_dir))
         state = {"step": step, "sampler": sampler.state_dict(), "kl_ctl": kl_ctl.state_dict()}
         write_json(writer.tmp_dir / "driver.json", state)
-    ctx.tracker.event("checkpoint", f"saved step {step}", step=step)
+    ctx.tracker.event(
+        "checkpoint", f"saved step {step}", step=step, data={"seconds": time.perf_counter() - start}
+    )
 
 
 def load_checkpoint(ctx: RunContext, groups, sampler: PromptSampler, kl_ctl) -> int:
@@ -355,19 +358,20 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
         train_metrics["actor/kl_coef"] = kl_ctl.value
         with timer("sync"):
             sync_weights(groups, switch)
-        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or (
-            step == cfg.steps and cfg.checkpoint.save_final
-        ):
-            with timer("checkpoint"):
-                save_checkpoint(cfg, ctx, groups, sampler, kl_ctl, step)
         step_time = time.perf_counter() - step_start
         metrics = step_metrics(batch, train_metrics, reward_names) | timer.times | switch.step_metrics()
         metrics["time/step"] = step_time
         metrics["perf/tokens_per_s"] = float(batch.tensors["response_mask"].sum()) / step_time
         metrics["perf/samples_per_s"] = len(batch) / step_time
+        # the step is recorded before its checkpoint: a checkpoint at step N implies every record up
+        # to N exists, so a resume from it neither loses nor repeats a step's rows
         ctx.tracker.log(step, metrics)
         ctx.store.log_rollouts(ctx.run_id, step, rollout_rows(batch, cfg.tracking.rollouts_per_step))
         console.log(step, metrics)
+        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or (
+            step == cfg.steps and cfg.checkpoint.save_final
+        ):
+            save_checkpoint(cfg, ctx, groups, sampler, kl_ctl, step)
     if cfg.checkpoint.export_model:
         export = ctx.run_dir / "model"
         groups["actor"].save_pretrained(str(export))
