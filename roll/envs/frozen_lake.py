@@ -61,6 +61,12 @@ class FrozenLakeParams(ConfigBase):
     max_invalid: int | None = Field(
         None, ge=1, description="End the episode after this many invalid replies; null: never."
     )
+    render: Literal["text", "cells"] = Field(
+        "text",
+        description="text: instructions and feedback in English above the board; cells: the board "
+        "alone, cells separated by spaces (one word each, for the tiny word-level tokenizer "
+        "model.tiny.vocab: frozen_lake).",
+    )
 
     @model_validator(mode="after")
     def _check_map(self) -> FrozenLakeParams:
@@ -122,6 +128,8 @@ class FrozenLake:
         self.invalid = 0
         self._slips = random.Random(f"frozen_lake/slips/{seed}")
         slip = " The ice is slippery: you may slide sideways instead." if p.slippery else ""
+        if p.render == "cells":
+            return self.render_cells()
         return (
             f"FrozenLake ({len(self.rows)}x{len(self.rows[0])}). You are P. Walk on the ice (_) to the "
             f"goal G without stepping into a hole O; walking off the edge leaves you in place.{slip}\n"
@@ -130,9 +138,20 @@ class FrozenLake:
         )
 
     def render(self) -> str:
+        return "\n".join("".join(row) for row in self._board())
+
+    def render_cells(self) -> str:
+        """The board as words: ``P _ _ _`` per row, rows on separate lines."""
+        return "\n".join(" ".join(row) for row in self._board())
+
+    def _board(self) -> list[list[str]]:
         board = [[_RENDER[ch] for ch in row] for row in self.rows]
         board[self.player[0]][self.player[1]] = "P"
-        return "\n".join("".join(row) for row in board)
+        return board
+
+    def _observe(self, message: str) -> str:
+        """The observation after a step: the message above the board, or the board alone (cells)."""
+        return self.render_cells() if self.params.render == "cells" else f"{message}\n\n{self.render()}"
 
     def step(self, action_text: str) -> StepResult:
         p = self.params
@@ -143,7 +162,7 @@ class FrozenLake:
             info = {"invalid": True, **({"outcome": "invalid_limit"} if over else {})}
             text = "Invalid reply: answer with one of <action>left</action>, <action>down</action>, "
             text += "<action>right</action>, <action>up</action>. You did not move."
-            return StepResult(f"{text}\n\n{self.render()}", p.invalid_penalty, over, False, info)
+            return StepResult(self._observe(text), p.invalid_penalty, over, False, info)
         move = choice
         if p.slippery:
             turn = self._slips.choice((-1, 0, 1))
@@ -160,12 +179,12 @@ class FrozenLake:
         if cell == "H":
             info["outcome"] = "hole"
             return StepResult(
-                f"{feedback} You fell into a hole. Game over.\n\n{self.render()}", 0.0, True, False, info
+                self._observe(f"{feedback} You fell into a hole. Game over."), 0.0, True, False, info
             )
         if cell == "G":
             info["outcome"] = "goal"
-            return StepResult(f"{feedback} You reached the goal!\n\n{self.render()}", 1.0, True, False, info)
-        return StepResult(f"{feedback}\n\n{self.render()}", 0.0, False, False, info)
+            return StepResult(self._observe(f"{feedback} You reached the goal!"), 1.0, True, False, info)
+        return StepResult(self._observe(feedback), 0.0, False, False, info)
 
     def close(self) -> None:
         pass
@@ -178,7 +197,8 @@ class FrozenLakeAgent:
         pass
 
     def act(self, observation: str) -> str:
-        board = board_from_text(observation, BOARD_CHARS)
+        # cells observations separate the cells with spaces
+        board = board_from_text(observation.replace(" ", ""), BOARD_CHARS)
         plan = None
         if board is not None and find_cells(board, "P"):
             plan = _path(board, find_cells(board, "P")[0], "G", hole_char="O")

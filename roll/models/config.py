@@ -45,10 +45,11 @@ class TinyModelConfig(ConfigBase):
     max_position_embeddings: int = Field(
         default=128, gt=0, description="Longest prompt + completion, in tokens, the model supports."
     )
-    vocab: Literal["arithmetic", "digits"] = Field(
+    vocab: Literal["arithmetic", "digits", "frozen_lake"] = Field(
         default="arithmetic",
         description="Name of the in-code word vocabulary ('arithmetic': the integers 0..99, "
-        "'+ - * = ? answer :'; 'digits': 0..9 and '+ - * = ?').",
+        "'+ - * = ? answer :'; 'digits': 0..9 and '+ - * = ?'; 'frozen_lake': the four moves "
+        "and the board cells P _ O G of FrozenLake's render: cells).",
     )
     seed: int = Field(default=0, description="Seed of the weight initialisation; same seed, same weights.")
 

@@ -91,9 +91,14 @@ DIGITS_WORDS: list[str] = [str(i) for i in range(10)] + ["+", "-", "*", "=", "?"
 """Vocabulary ``digits``: the digits 0..9 and the operators. A random policy over it names the
 right single-digit answer often enough (about 1 in 19 tokens) for GRPO groups to differ from step 1."""
 
+FROZEN_LAKE_WORDS: list[str] = ["left", "down", "right", "up", "P", "_", "O", "G"]
+"""Vocabulary ``frozen_lake``: the four moves and the board cells of FrozenLake's ``render: cells``
+observations. A random policy names a move with about 1 token in 3 (4 of 12 ids)."""
+
 _VOCABULARIES: dict[str, Callable[[], Sequence[str]]] = {
     "arithmetic": lambda: ARITHMETIC_WORDS,
     "digits": lambda: DIGITS_WORDS,
+    "frozen_lake": lambda: FROZEN_LAKE_WORDS,
 }
 
 
