@@ -1,6 +1,15 @@
-"""The rollout role: samples completions with per-token log-probs (HF generate engine)."""
+"""The rollout role: samples completions with per-token log-probs (HF generate engine).
+
+Two ways in: :meth:`RolloutWorker.generate` (SPLIT_BY_DP, a whole batch over every rank) and
+:meth:`RolloutWorker.generate_chunk`, which the rollout scheduler (schedulers/) calls on one rank
+per chunk of prompt groups. Chunks carry their own sampling seed and the policy version they need,
+so a chunk rerun on another worker, or on this one after Ray restarted it, draws the same tokens
+from the same weights; ``ray.cancel`` on a running chunk stops it between two decode steps.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import ray
 import torch
@@ -12,6 +21,10 @@ from roll.engines.vllm_engine import VLLMInferEngine
 from roll.models import load_tokenizer
 from roll.models.config import ModelConfig
 from workers.common import load_model, load_rng, rank_folder, save_rng, setup_process
+
+
+class StaleWeightsError(RuntimeError):
+    """A chunk was sent for a policy version this worker does not hold."""
 
 
 class RolloutWorker(Worker):
@@ -45,6 +58,7 @@ class RolloutWorker(Worker):
         else:
             net, self.tokenizer = load_model(model, self.device)
             self.engine = HFInferEngine(net, self.tokenizer, role)
+        self.policy_version = -1  # no weights from the actor yet (also after a restart by Ray)
 
     @register(Dispatch.SPLIT_BY_DP)
     def generate(self, batch: Batch) -> Batch:
@@ -54,10 +68,41 @@ class RolloutWorker(Worker):
         Returns input_ids/attention_mask [B, P+R] (prompt left-padded, response right-padded to
         max_new_tokens), response_mask [B, R], rollout_logprobs [B, R], response_text, finish_reason.
         """
+        return self._generate(batch, should_abort=None)
+
+    @register(Dispatch.RANK_ZERO)
+    def generate_chunk(self, batch: Batch) -> Batch:
+        """One scheduler chunk (whole prompt groups), called on one rank with ``.on_rank``.
+
+        meta: "sampling" and "prompt_width" (as :meth:`generate`), "seed" (the chunk's sampling
+        seed) and "policy_version" (the weights version the scheduler last sent this worker).
+
+        Returns the input batch with :meth:`generate`'s columns and non_tensor "policy_version"
+        [B] added. Raises :class:`StaleWeightsError` when this worker holds another version (Ray
+        restarted it and it has its initial weights).
+        """
+        expected = batch.meta["policy_version"]
+        if self.policy_version != expected:
+            raise StaleWeightsError(
+                f"rollout rank {self.rank} holds weights version {self.policy_version}, the chunk "
+                f"needs {expected}; send update_weights first"
+            )
+        context = ray.get_runtime_context()
+        # the chunk's own seed, not this process's RNG stream: same tokens wherever it runs
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+            torch.manual_seed(batch.meta["seed"])
+            out = self._generate(batch, should_abort=context.is_canceled)
+        out.non_tensors["policy_version"] = [expected] * len(out)
+        return batch.union(out)
+
+    def _generate(self, batch: Batch, should_abort: Callable[[], bool] | None) -> Batch:
         params: SamplingParams = batch.meta["sampling"]
         width: int = batch.meta["prompt_width"]
         prompts = batch.non_tensors["prompt_ids"]
-        out = self.engine.generate(prompts, params)
+        if isinstance(self.engine, HFInferEngine):  # vLLM aborts through its own request ids
+            out = self.engine.generate(prompts, params, should_abort=should_abort)
+        else:
+            out = self.engine.generate(prompts, params)
         rows, r_max = len(prompts), params.max_new_tokens
         pad = self.engine.pad_id
         response = torch.full((rows, r_max), pad, dtype=torch.long)
@@ -89,9 +134,12 @@ class RolloutWorker(Worker):
         )
 
     @register(Dispatch.ONE_TO_ALL)
-    def update_weights(self, refs: list) -> int:
-        """Load the actor's weights from the object store ([ref] from publish_weights)."""
-        return self.engine.update_weights(ray.get(refs[0]))
+    def update_weights(self, refs: list, version: int = 0) -> int:
+        """Load the actor's weights from the object store ([ref] from publish_weights); they are
+        policy ``version`` (the actor's optimizer steps so far, counted in training steps)."""
+        moved = self.engine.update_weights(ray.get(refs[0]))
+        self.policy_version = version
+        return moved
 
     @register(Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, root: str) -> None:

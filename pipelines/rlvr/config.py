@@ -44,6 +44,53 @@ class RolloutConfig(ConfigBase):
         "vllm extra: pip install -e '.[vllm]').",
     )
     max_prompt_tokens: int = Field(256, ge=1, description="Prompt-length budget (device planning).")
+    groups_per_chunk: int | None = Field(
+        None,
+        ge=1,
+        description="Prompt groups per rollout-worker call (the scheduler's unit of routing, reward "
+        "and abort). Null: the step's groups split evenly over the workers, one call each. Small "
+        "chunks (1-2) let rewards start as groups finish and let redundancy cut a long tail.",
+    )
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO dynamic sampling: drop groups whose rewards all agree (zero variance, no "
+        "GRPO signal) and draw new prompts in their place, up to max_refills a step.",
+    )
+    max_refills: int = Field(
+        16,
+        ge=0,
+        description="Most replacement prompt groups a step may draw for dropped groups (zero "
+        "variance, stale, failed); past it the batch is filled with zero-variance groups "
+        "(scheduler/refill_cap_hit, scheduler/filler_groups).",
+    )
+    async_ratio: int = Field(
+        0,
+        ge=0,
+        description="Async generation: groups for the next k steps generate while the actor trains; "
+        "groups from a policy more than k versions old are discarded. 0 = synchronous. Needs the "
+        "rollout role on its own devices (not colocated with the actor).",
+    )
+    oversample: float = Field(
+        0.0,
+        ge=0,
+        description="Redundancy: start ceil(prompts_per_step * (1 + oversample)) groups and abort the "
+        "unfinished ones once the batch is full (e.g. 0.25 starts 25% extra).",
+    )
+    sample_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a chunk may run at the head of a rollout worker's queue before its "
+        "samples move to another worker (a hung or SIGSTOPped worker); null: no timeout.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Tries per sample (worker deaths, timeouts) before it is marked failed."
+    )
+    worker_max_restarts: int = Field(
+        2,
+        ge=0,
+        description="Times Ray restarts a rollout or reward worker that dies (kill -9, OOM) before "
+        "the run fails (with a checkpoint of the last finished step to resume from).",
+    )
 
     @property
     def logprobs_mode(self) -> str:
@@ -204,6 +251,21 @@ class RLVRConfig(ConfigBase):
                 )
         if self.critic.engine != "torch":
             raise ValueError("critic.engine: only 'torch' is supported for the critic so far; remove it")
+        if self.rollout.async_ratio > 0:
+            if isinstance(self.roles.rollout.devices, ColocateWith):
+                raise ValueError(
+                    f"rollout.async_ratio={self.rollout.async_ratio} generates while the actor "
+                    "trains, but roles.rollout shares the "
+                    f"{self.roles.rollout.devices.colocate_with} devices (colocated roles take "
+                    "turns); give it its own, e.g. roles.rollout.devices: [1], or set async_ratio: 0"
+                )
+            if self.algo.recompute_old_logprobs:
+                raise ValueError(
+                    "algo.recompute_old_logprobs: true recomputes the ratio's denominator with the "
+                    "current actor, but with rollout.async_ratio > 0 samples come from older "
+                    "policies and the importance ratio must use their behaviour log-probs; set "
+                    "recompute_old_logprobs: false"
+                )
         batch = self.rollout.batch_size
         if batch % self.train.mini_batches:
             raise ValueError(

@@ -5,13 +5,13 @@ group of completions per prompt, scores them with rule rewards, normalises rewar
 group into advantages, and takes PPO-clip steps with an optional k3 KL penalty to the reference.
 
     for step in steps:
-        prompts   = sampler.next(...)                    # data
-        rollouts  = rollout.generate(prompts)            # generate
-        rewards   = reward.compute_rewards(rollouts)     # reward
+        rollouts  = scheduler.generate(step)             # generate: draw prompts, sample, reward
+                                                         #   each group as it finishes (schedulers/)
+        rewards   = shape_rewards(rollouts)              # reward (overlong penalty)
         ref_logp  = reference.compute_ref_log_probs(...) # reference (only when kl_coef > 0)
         adv       = compute_grpo_advantages(...)         # advantage
         metrics   = actor.train_step(batch)              # train
-        rollout.update_weights(actor.publish_weights())  # sync
+        scheduler.update_weights(actor.publish_weights()) # sync
         checkpoint every N steps                         # checkpoint
 """
 
@@ -38,6 +38,7 @@ from roll.jobs.local import RunContext
 from roll.models import load_tokenizer
 from roll.models.sources import prepare_model_source
 from roll.tracking import ConsoleProgress
+from schedulers.rollout_scheduler import RolloutFailed, RolloutScheduler, SchedulerSettings
 from workers.actor import ActorWorker
 from workers.critic import CriticWorker
 from workers.reference import ReferenceWorker
@@ -118,10 +119,15 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
     plan, total_opt_steps = ctx.plan, cfg.steps * cfg.train.epochs * cfg.train.mini_batches
 
     def group(role: str, cls: type, **kwargs: Any) -> WorkerGroup:
+        options = ctx.placement.actor_options(role)
+        if role in ("rollout", "reward"):  # restarted by Ray when killed; the scheduler reruns work
+            restarts = cfg.rollout.worker_max_restarts
+            retries = 0 if role == "rollout" else restarts  # rollout: rerun after a weight resync
+            options = [{**o, "max_restarts": restarts, "max_task_retries": retries} for o in options]
         return WorkerGroup(
             cls,
             role=role,
-            actor_options=ctx.placement.actor_options(role),
+            actor_options=options,
             init_kwargs={"threads": plan.roles[role].threads, **kwargs} if role != "reward" else kwargs,
         )
 
@@ -195,6 +201,39 @@ def build_prompt_batch(cfg: RLVRConfig, rows: list[dict], prompt_ids: list[list[
     )
 
 
+def make_scheduler(
+    cfg: RLVRConfig, groups: dict[str, WorkerGroup], sampler: PromptSampler, tokenizer: Any
+) -> RolloutScheduler:
+    """The rollout scheduler over this job's rollout and reward workers, drawing from ``sampler``."""
+    r = cfg.rollout
+
+    def draw(n: int) -> list[tuple[dict, list[int]]]:
+        rows = sampler.next(n)
+        return list(zip(rows, encode_prompts(rows, tokenizer, cfg.data.chat_template), strict=True))
+
+    settings = SchedulerSettings(
+        groups_per_step=r.prompts_per_step,
+        group_size=r.group_size,
+        sampling=SamplingParams(
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            stop=tuple(r.stop),
+        ),
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        seed=cfg.seed,
+        groups_per_chunk=r.groups_per_chunk,
+        dynamic_sampling=r.dynamic_sampling,
+        max_refills=r.max_refills,
+        async_ratio=r.async_ratio,
+        oversample=r.oversample,
+        sample_timeout_s=r.sample_timeout_s,
+        max_attempts=r.max_attempts,
+    )
+    return RolloutScheduler(groups["rollout"], groups["reward"], settings, draw)
+
+
 def step_metrics(batch: Batch, train: dict[str, float], reward_names: list[str]) -> dict[str, float]:
     t = batch.tensors
     rewards, lengths = t["rewards"], t["response_mask"].sum(-1).float()
@@ -218,18 +257,17 @@ def step_metrics(batch: Batch, train: dict[str, float], reward_names: list[str])
     return metrics
 
 
-CHECKPOINTED_ROLES = ("actor", "rollout", "critic")
+# the rollout role holds no state of its own: every chunk samples with a seed of its own
+CHECKPOINTED_ROLES = ("actor", "critic")
 
 
-def save_checkpoint(
-    cfg: RLVRConfig, ctx: RunContext, groups, sampler: PromptSampler, kl_ctl, step: int
-) -> None:
+def save_checkpoint(cfg: RLVRConfig, ctx: RunContext, groups, sampler_state: dict, kl_ctl, step: int) -> None:
     start = time.perf_counter()
     with CheckpointWriter(ctx.checkpoint_root, step, keep_last=cfg.checkpoint.keep_last) as writer:
         for role in CHECKPOINTED_ROLES:
             if role in groups:
                 groups[role].save_checkpoint(str(writer.tmp_dir))
-        state = {"step": step, "sampler": sampler.state_dict(), "kl_ctl": kl_ctl.state_dict()}
+        state = {"step": step, "sampler": sampler_state, "kl_ctl": kl_ctl.state_dict()}
         write_json(writer.tmp_dir / "driver.json", state)
     ctx.tracker.event(
         "checkpoint", f"saved step {step}", step=step, data={"seconds": time.perf_counter() - start}
@@ -292,11 +330,26 @@ def advantages(cfg: RLVRConfig, batch: Batch, kl_coef: float) -> Batch:
     return Batch.from_dict(tensors=out)
 
 
-def sync_weights(groups: dict[str, WorkerGroup], switch: ColocationSwitch) -> None:
+def sync_weights(
+    groups: dict[str, WorkerGroup], switch: ColocationSwitch, scheduler: RolloutScheduler, version: int
+) -> None:
+    """Actor weights → rollout workers, as policy ``version`` (training steps done so far)."""
     with switch.active("actor"):
         refs = groups["actor"].publish_weights()
     with switch.active("rollout"):
-        groups["rollout"].update_weights(refs)
+        scheduler.update_weights(refs, version)
+
+
+def checkpoint_after_failure(cfg, ctx, groups, sampler_state: dict, kl_ctl, step: int, err: Exception):
+    """The rollout could not finish step ``step``: keep a resumable checkpoint of the last finished
+    step (unless one exists) and say how to resume."""
+    done = step - 1
+    if not (ctx.checkpoint_root / f"step_{done:06d}" / "MANIFEST.json").exists():
+        save_checkpoint(cfg, ctx, groups, sampler_state, kl_ctl, done)
+    return RolloutFailed(
+        f"step {step} failed: {err}. The last finished step ({done}) is checkpointed under "
+        f"{ctx.checkpoint_root}; rerun the same command with --resume to continue from it"
+    )
 
 
 @register_pipeline("rlvr", config=RLVRConfig, description="GRPO on verifiable rewards")
@@ -308,27 +361,27 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
     switch = ColocationSwitch(groups, ctx)
     kl_ctl = make_kl_controller(cfg)
     start_step = load_checkpoint(ctx, groups, sampler, kl_ctl) if ctx.resume_from else 0
-    sync_weights(groups, switch)
+    scheduler = make_scheduler(cfg, groups, sampler, tokenizer)
+    sync_weights(groups, switch, scheduler, version=start_step)
     reward_names = [f.name for f in cfg.reward.functions]
     console = ConsoleProgress(cfg.steps, start_step=start_step, keys=CONSOLE_KEYS, stream=ctx.stream)
     metrics: dict[str, float] = {}
     run_start = time.perf_counter()
     for step in range(start_step + 1, cfg.steps + 1):
         timer, step_start = StageTimer(), time.perf_counter()
-        with timer("data"):
-            rows = sampler.next(cfg.rollout.prompts_per_step)
-            batch = build_prompt_batch(
-                cfg, rows, encode_prompts(rows, tokenizer, cfg.data.chat_template), step
-            )
-        with timer("generate"), switch.active("rollout"):
-            batch = batch.union(groups["rollout"].generate(batch))
-        # rule rewards run on their own CPU worker while the reference and critic compute
-        reward_future = groups["reward"].compute_rewards.future(batch.select("response_text", "row"))
+        sampler_state = sampler.state_dict()  # what a resume from the previous step starts from
+        try:
+            with timer("generate"), switch.active("rollout"):
+                batch, rollout_metrics = scheduler.generate(step)  # sampled and scored
+        except RolloutFailed as err:
+            raise checkpoint_after_failure(cfg, ctx, groups, sampler_state, kl_ctl, step, err) from err
+        with timer("reward"):
+            batch = shape_rewards(cfg, batch)
         with timer("old_logprobs"):
             if cfg.algo.recompute_old_logprobs:
                 with switch.active("actor"):
                     batch = batch.union(groups["actor"].compute_log_probs(batch.select(*TRAIN_INPUTS)))
-            else:  # same engine and weights: equal to the actor's within 1e-5 (tested)
+            else:  # behaviour log-probs: same engine and weights, equal to the actor's within 1e-5
                 batch = batch.union(
                     Batch.from_dict(tensors={"old_logprobs": batch.tensors["rollout_logprobs"]})
                 )
@@ -339,8 +392,6 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
         if "critic" in groups:
             with timer("values"), switch.active("critic"):
                 batch = batch.union(groups["critic"].compute_values(batch.select(*TRAIN_INPUTS)))
-        with timer("reward"):  # only the part not hidden behind the stages above
-            batch = shape_rewards(cfg, batch.union(reward_future.get()))
         with timer("advantage"):
             batch = batch.union(advantages(cfg, batch, kl_ctl.value))
         with timer("train"), switch.active("actor"):
@@ -357,9 +408,10 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
         kl_ctl.update(train_metrics.get("loss/kl", 0.0), len(batch))
         train_metrics["actor/kl_coef"] = kl_ctl.value
         with timer("sync"):
-            sync_weights(groups, switch)
+            sync_weights(groups, switch, scheduler, version=step)
         step_time = time.perf_counter() - step_start
         metrics = step_metrics(batch, train_metrics, reward_names) | timer.times | switch.step_metrics()
+        metrics |= rollout_metrics
         metrics["time/step"] = step_time
         metrics["perf/tokens_per_s"] = float(batch.tensors["response_mask"].sum()) / step_time
         metrics["perf/samples_per_s"] = len(batch) / step_time
@@ -371,7 +423,7 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
         if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or (
             step == cfg.steps and cfg.checkpoint.save_final
         ):
-            save_checkpoint(cfg, ctx, groups, sampler, kl_ctl, step)
+            save_checkpoint(cfg, ctx, groups, sampler.state_dict(), kl_ctl, step)
     if cfg.checkpoint.export_model:
         export = ctx.run_dir / "model"
         groups["actor"].save_pretrained(str(export))

@@ -6,7 +6,14 @@ they were local objects; each worker method declares with ``@register`` how a ca
 
 from roll.controller.batch import Batch
 from roll.controller.dispatch import CallPlan, Dispatch, DispatchSpec, get_dispatch, register
-from roll.controller.group import CallTimeoutError, GroupFuture, GroupMethod, WorkerGroup, wait_all
+from roll.controller.group import (
+    CallTimeoutError,
+    GroupFuture,
+    GroupMethod,
+    WorkerGroup,
+    describe_failure,
+    wait_all,
+)
 from roll.controller.worker import Worker
 
 __all__ = [
@@ -19,6 +26,7 @@ __all__ = [
     "GroupMethod",
     "Worker",
     "WorkerGroup",
+    "describe_failure",
     "get_dispatch",
     "register",
     "wait_all",

@@ -133,6 +133,18 @@ class GroupMethod:
         plan = self.spec.plan(self._group.world_size, args, kwargs)
         return GroupFuture(self._group._submit(self.name, plan), plan.collect)
 
+    def on_rank(self, rank: int, *args: Any, **kwargs: Any) -> ray.ObjectRef:
+        """Call this method on one rank only, bypassing its dispatch mode; returns the raw ref.
+
+        For schedulers that route work themselves (schedulers/): the ref can be passed to
+        ``ray.wait``, ``ray.cancel``, or as an argument of another call (Ray resolves it there).
+        Batches go by object ref; an ``ObjectRef`` argument is passed through unresolved.
+        """
+        if not 0 <= rank < self._group.world_size:
+            raise ValueError(f"{self._group.role} has ranks 0..{self._group.world_size - 1}, not {rank}")
+        plan = CallPlan([None] * rank + [(args, kwargs)] + [None] * (self._group.world_size - rank - 1), list)
+        return self._group._submit(self.name, plan)[0].ref
+
     def __repr__(self) -> str:
         return f"<{self._group.role}.{self.name} dispatch={self.spec.mode.name}>"
 
@@ -341,6 +353,11 @@ def _gather(calls: list[_RankCall], timeout: float | None) -> list[Any]:
             except RayError as err:
                 raise _worker_error(call, err) from err
     return values
+
+
+def describe_failure(role: str, method: str, rank: int, err: RayError) -> WorkerError:
+    """The group's user-facing error for a failed call on one rank (for :meth:`GroupMethod.on_rank`)."""
+    return _worker_error(_RankCall(role, method, rank, None), err)
 
 
 def _worker_error(call: _RankCall, err: RayError) -> WorkerError:

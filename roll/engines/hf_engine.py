@@ -8,7 +8,7 @@ engine to ~1e-6 for the same weights (tests/roll/engines).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -76,6 +76,22 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
+class StopOnAbort(StoppingCriteria):
+    """Ends every row once ``should_abort()`` is true; checked between two decode steps.
+
+    The rollout worker passes Ray's cancellation flag (``ray.cancel`` on a running actor task),
+    so a scheduler can cut the long tail of a batch without killing the worker.
+    """
+
+    def __init__(self, should_abort: Callable[[], bool]) -> None:
+        self.should_abort = should_abort
+        self.fired = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.fired = self.fired or bool(self.should_abort())
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+
+
 class HFInferEngine:
     """Samples from ``model`` with HF generate (KV cache, batched)."""
 
@@ -93,7 +109,14 @@ class HFInferEngine:
         self.offloader.track_module("model", model)
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> GenerationOutput:
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        params: SamplingParams,
+        should_abort: Callable[[], bool] | None = None,
+    ) -> GenerationOutput:
+        """Sample one response per prompt. ``should_abort`` is polled between decode steps; once
+        it returns True generation stops and every unfinished row ends with reason "abort"."""
         self.offloader.require_active("generate")
         input_ids, attention_mask = left_pad(prompt_ids, self.pad_id)
         greedy = params.temperature == 0
@@ -109,17 +132,21 @@ class HFInferEngine:
         )
         if not greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        criteria = []
         if params.stop:
-            kwargs.update(
-                stopping_criteria=StoppingCriteriaList(
-                    [StopOnStrings(params.stop, input_ids.shape[1], self.tokenizer)]
-                )
-            )
+            criteria.append(StopOnStrings(params.stop, input_ids.shape[1], self.tokenizer))
+        abort = StopOnAbort(should_abort) if should_abort is not None else None
+        if abort is not None:
+            criteria.append(abort)
+        if criteria:
+            kwargs.update(stopping_criteria=StoppingCriteriaList(criteria))
         out = self.model.generate(**kwargs)
         response = out.sequences[:, input_ids.shape[1] :].cpu()
         logits = torch.stack(out.logits, dim=1)  # [B, R, V] raw
         logprobs = token_logprobs(logits, response.to(logits.device), 1.0 if greedy else params.temperature)
         lengths, reasons = response_lengths(response, set(self.eos_ids), params.stop, self.tokenizer)
+        if abort is not None and abort.fired and response.shape[1] < params.max_new_tokens:
+            reasons = ["abort" if r == "length" else r for r in reasons]
         positions = torch.arange(response.shape[1])[None, :]
         mask = positions < torch.tensor(lengths)[:, None]
         response = torch.where(mask, response, torch.full_like(response, self.pad_id))
