@@ -1,7 +1,10 @@
-"""The reward role: scores completions with registered reward functions (rules, custom).
+"""The reward role: scores completions with registered reward functions, routed by row domain.
 
-A reward function that raises scores the sample 0 and the error is returned with the sample; the
-run never crashes because of one bad completion.
+Each row goes to the reward terms of its domain (``row[reward.domain_key]``, default domain
+``reward.functions``); see roll/rewards/router.py. A reward function that raises or passes its
+time limit scores the sample 0 and the error is returned with the sample; the run never crashes
+because of one bad completion. Several reward workers split a batch by data-parallel rank; routing
+is per sample, so any split gives the same scores.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import torch
 
 from roll.controller import Batch, Dispatch, Worker, register
 from roll.imports import import_modules
-from roll.rewards import RewardConfig, get_reward
+from roll.rewards import RewardConfig
+from roll.rewards.router import RewardRouter
 
 
 class RewardWorker(Worker):
@@ -19,23 +23,15 @@ class RewardWorker(Worker):
     ) -> None:
         super().__init__(rank, world_size, role)
         import_modules(imports)
-        self.terms = [(t.name, t.weight, t.params, get_reward(t.name)) for t in reward.functions]
+        self.router = RewardRouter(reward, imports)
 
     @register(Dispatch.SPLIT_BY_DP)
     def compute_rewards(self, batch: Batch) -> Batch:
-        """non_tensors "response_text" and "row" → tensors "rewards" and "reward/<name>" [B]."""
-        texts, rows = batch.non_tensors["response_text"], batch.non_tensors["row"]
-        totals = torch.zeros(len(texts), dtype=torch.float32)
-        per_term = {name: torch.zeros(len(texts), dtype=torch.float32) for name, *_ in self.terms}
-        errors: list[str] = [""] * len(texts)
-        for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
-            for name, weight, params, fn in self.terms:
-                try:
-                    score = float(fn(text, row, **params))
-                except Exception as exc:  # noqa: BLE001 — a bad sample must not stop the run
-                    score = 0.0
-                    errors[i] += f"{name}: {type(exc).__name__}: {exc}; "
-                per_term[name][i] = score
-                totals[i] += weight * score
-        tensors = {"rewards": totals, **{f"reward/{name}": v for name, v in per_term.items()}}
-        return Batch.from_dict(tensors=tensors, non_tensors={"reward_error": errors})
+        """non_tensors "response_text" and "row" → tensors "rewards" and "reward/<name>" [B] (one
+        column per term name over all domains, 0 where the row's domain lacks the term) and
+        non_tensors "reward_error" ("" when every term scored)."""
+        scores = self.router.score(batch.non_tensors["response_text"], batch.non_tensors["row"])
+        tensors = {"rewards": torch.tensor(scores.totals, dtype=torch.float32)}
+        for name, values in scores.per_term.items():
+            tensors[f"reward/{name}"] = torch.tensor(values, dtype=torch.float32)
+        return Batch.from_dict(tensors=tensors, non_tensors={"reward_error": scores.errors})
