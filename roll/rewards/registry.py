@@ -15,8 +15,8 @@ says why a thread or an alarm would not do).
 Example YAML::
 
     reward:
-      domain_key: domain            # row["domain"] picks the terms
-      functions:                    # the default domain: rows with no or an unlisted tag
+      domain_key: tag               # row["tag"] picks the terms (datasets set it)
+      functions:                    # the default domain: rows tagged "default", untagged, unlisted
         - {name: exact_match}
       domains:
         math: [{name: math_verify, params: {rel_tol: 1.0e-4}}, {name: format, weight: 0.1}]
@@ -35,6 +35,7 @@ from roll.config.base import ConfigBase
 from roll.errors import ConfigError
 
 RewardFn = Callable[..., float]
+DEFAULT_DOMAIN = "default"  # the tag datasets give rows that belong to no particular domain
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,11 @@ class RewardConfig(ConfigBase):
         description="Reward terms per domain, e.g. {math: [{name: math_verify}], code: "
         "[{name: code_tests}]}; a row goes to the domain named by row[domain_key].",
     )
-    domain_key: str = Field("domain", description="The row field whose value names the row's domain.")
+    domain_key: str = Field(
+        "tag",
+        description="The row field whose value names the row's domain (datasets set 'tag'; a "
+        "missing tag or the tag 'default' means the default domain, `functions`).",
+    )
     unknown_domain: Literal["default", "error"] = Field(
         "default",
         description="A row tagged with a domain not in `domains`: 'default' scores it with "
@@ -172,6 +177,10 @@ class RewardConfig(ConfigBase):
     def _check_terms(self) -> RewardConfig:
         for domain, terms in self.all_domains().items():
             where = "reward.functions" if domain is None else f"reward.domains.{domain}"
+            if domain == DEFAULT_DOMAIN:
+                raise ValueError(
+                    f"{where}: the domain '{DEFAULT_DOMAIN}' is reward.functions; move its terms there"
+                )
             if domain is not None and not terms:
                 raise ValueError(f"{where} is empty; give it at least one reward term or remove it")
             seen: set[str] = set()

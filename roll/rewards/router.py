@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roll.rewards.isolation import RewardFailed, RewardProcess
-from roll.rewards.registry import RewardConfig, RewardEntry, RewardFnConfig, get_entry
+from roll.rewards.registry import DEFAULT_DOMAIN, RewardConfig, RewardEntry, RewardFnConfig, get_entry
 
 
 @dataclass
@@ -87,7 +87,7 @@ class RewardRouter:
     def domain_of(self, row: dict[str, Any]) -> tuple[str | None, str]:
         """(domain whose terms score the row, error text); None is the default domain."""
         tag = row.get(self.cfg.domain_key) if isinstance(row, dict) else None
-        if tag is None:
+        if tag is None or tag == DEFAULT_DOMAIN:
             return None, ""
         if isinstance(tag, str) and tag in self.domains:
             return tag, ""
@@ -103,7 +103,7 @@ class RewardRouter:
         groups: dict[str | None, list[int]] = defaultdict(list)
         for i, row in enumerate(rows):
             domain, error = self.domain_of(row)
-            out.domains[i] = domain or "default"
+            out.domains[i] = domain or DEFAULT_DOMAIN
             if error:
                 out.errors[i] = error
             else:

@@ -29,14 +29,14 @@ CONFIG = {
 # Rank 0 gets rows 0-3, rank 1 rows 4-7: each rank sees several domains, a hang or a raise.
 TEXTS = ["\\boxed{\\frac{3}{4}}", "ok", "The answer is 9**9**9**9", "hi", "bad", "#### 1,000", "yo", "x"]
 ROWS = [
-    {"domain": "math", "answer": "0.75"},  # 1 + 0.5
-    {"domain": "flaky", "sleep": 30},  # test_sleeps killed at 1 s -> 0; test_raises 2
-    {"domain": "math", "answer": "1"},  # refused at once -> 0
+    {"tag": "math", "answer": "0.75"},  # 1 + 0.5
+    {"tag": "flaky", "sleep": 30},  # test_sleeps killed at 1 s -> 0; test_raises 2
+    {"tag": "math", "answer": "1"},  # refused at once -> 0
     {"answer": "hi"},  # default domain: exact match 1
-    {"domain": "flaky", "sleep": 0},  # test_sleeps 1; test_raises raises -> 0
-    {"domain": "math", "answer": "1000"},  # 1, unboxed
-    {"domain": "essay", "answer": "yo"},  # unknown domain -> default: 1
-    {"domain": "math"},  # no answer field: error, 0
+    {"tag": "flaky", "sleep": 0},  # test_sleeps 1; test_raises raises -> 0
+    {"tag": "math", "answer": "1000"},  # 1, unboxed
+    {"tag": "essay", "answer": "yo"},  # unknown domain -> default: 1
+    {"tag": "math"},  # no answer field: error, 0
 ]
 
 

@@ -112,7 +112,7 @@ def test_judge_model_scores_through_the_router(judge_folder: Path) -> None:
     )
     router = RewardRouter(cfg, [])
     texts = ["good", "bad", "meh", "good", "x"]
-    rows = [{"domain": "essay"}] * 4 + [{"answer": "x"}]
+    rows = [{"tag": "essay"}] * 4 + [{"answer": "x"}]
     out = router.score(texts, rows)
     judge = router.domains["essay"][0].instance
     assert judge.last_replies == ["9 / 10", "2 / 10", "I cannot say", "9 / 10"]

@@ -37,13 +37,13 @@ MIXED = config(
 )
 TEXTS = ["\\boxed{1/2}", "The answer is 3", "hi", "bad", "ok", "hello", "x"]
 ROWS = [
-    {"domain": "math", "answer": "0.5"},  # math_verify 1 + 0.5 * format 1
-    {"domain": "math", "answer": "4"},  # wrong, unboxed: 0
+    {"tag": "math", "answer": "0.5"},  # math_verify 1 + 0.5 * format 1
+    {"tag": "math", "answer": "4"},  # wrong, unboxed: 0
     {"answer": "hi"},  # no tag: default domain, exact match
-    {"domain": "hostile", "answer": "bad", "sleep": 0},  # raises: 1 + 0 + 0.25
-    {"domain": "hostile", "answer": "ok", "sleep": 5},  # hangs: 0 + 2 + 0.25
-    {"domain": "poetry", "answer": "hello"},  # unknown tag: default domain
-    {"domain": "math"},  # math row without an answer: math_verify errors, format 0
+    {"tag": "hostile", "answer": "bad", "sleep": 0},  # raises: 1 + 0 + 0.25
+    {"tag": "hostile", "answer": "ok", "sleep": 5},  # hangs: 0 + 2 + 0.25
+    {"tag": "poetry", "answer": "hello"},  # unknown tag: default domain
+    {"tag": "math"},  # math row without an answer: math_verify errors, format 0
 ]
 
 
@@ -106,11 +106,15 @@ def test_non_numbers_are_errors() -> None:
 
 def test_unknown_domain_can_be_an_error() -> None:
     cfg = config(domains={"math": [{"name": "math_verify", "timeout_s": None}]}, unknown_domain="error")
-    out = RewardRouter(cfg, []).score(
-        ["7", "7"], [{"domain": "poetry", "answer": "7"}, {"domain": "math", "answer": "7"}]
-    )
-    assert out.totals == [0.0, 1.0]
-    assert out.errors[0] == "reward: unknown domain 'poetry' in row['domain']; known: math; "
+    rows = [
+        {"tag": "poetry", "answer": "7"},
+        {"tag": "math", "answer": "7"},
+        {"tag": "default", "answer": "7"},
+    ]
+    out = RewardRouter(cfg, []).score(["7", "7", "7"], rows)
+    assert out.totals == [0.0, 1.0, 1.0]  # "default" is the default domain (exact_match), never unknown
+    assert out.errors == ["reward: unknown domain 'poetry' in row['tag']; known: math; ", "", ""]
+    assert out.domains == ["default", "math", "default"]
 
 
 @pytest.mark.parametrize(
@@ -125,6 +129,7 @@ def test_unknown_domain_can_be_an_error() -> None:
             r"reward.functions\[0\]: bad params for reward 'math_verify' .*'tol'.*accepts: answer_key",
         ),
         ({"domains": {"code": []}}, r"reward.domains.code is empty"),
+        ({"domains": {"default": [{"name": "format"}]}}, r"the domain 'default' is reward.functions"),
         ({"functions": [{"name": "exact_match"}, {"name": "exact_match"}]}, r"'exact_match' is listed twice"),
         (
             {"functions": [{"name": "llm_judge", "params": {"model": {}}, "timeout_s": 3}]},
