@@ -13,7 +13,7 @@ API (all under /api):
     GET  /runs/{id}/files                       files of the run folder
     GET  /runs/{id}/files/{path}?tail=          one file (text/plain or a download)
     POST /jobs/validate                         YAML body -> the errors ``roll validate`` prints
-    POST /runs/{id}/stop                        records a ``stop_requested`` event (202)
+    POST /runs/{id}/stop                        stops the run as ``roll jobs stop`` does (202)
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from roll.errors import RollError
-from roll.jobs.runstore import FINISHED_STATUSES, RUN_STATUSES, RunStore
+from roll.errors import RollError, StateError
+from roll.jobs.cluster import ClusterError
+from roll.jobs.runstore import FINISHED_STATUSES, RUN_STATUSES
 
 from .guard import GuardMiddleware
 from .jobs import validate_job_text
@@ -227,28 +228,25 @@ async def validate(request: Request) -> dict[str, Any]:
 def stop(
     request: Request, loc: RunLocation = Depends(run_location), ws: Workspace = Depends(workspace_of)
 ) -> dict[str, Any]:
-    """Record a ``stop_requested`` event; the driver does not act on it yet (a later issue)."""
+    """Stop a run through the same function as ``roll jobs stop`` (roll.jobs.manage.request_stop):
+    a ``stop_requested`` event, then Ray's stop_job for a submitted run, or SIGTERM to a driver
+    on this host that announced itself."""
+    from roll.jobs.manage import request_stop
+
     detail = ws.run_detail(loc.run_id, event_limit=0)
     status = detail["run"]["status"] if detail else None
     if status in FINISHED_STATUSES:
         raise HTTPException(409, f"run {loc.run_id!r} has already finished ({status})")
     client = request.client.host if request.client else None
     try:
-        with RunStore(loc.db_path, busy_timeout_s=5.0) as store:
-            store.log_event(
-                loc.run_id,
-                "stop_requested",
-                "stop requested from the dashboard",
-                step=detail["run"]["last_step"] if detail else None,
-                data={"source": "dashboard", "client": client},
-            )
+        note = request_stop(loc.db_path, loc.run_id, source="dashboard", client=client)
+    except StateError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except ClusterError as exc:  # recorded, but its Ray cluster did not answer
+        raise HTTPException(502, str(exc)) from exc
     except (sqlite3.OperationalError, RollError) as exc:
         raise HTTPException(503, f"the run store is busy or unavailable ({exc}); try again") from exc
-    return {
-        "run_id": loc.run_id,
-        "stop_requested": True,
-        "note": "recorded as a 'stop_requested' event; the driver does not act on it yet",
-    }
+    return {"run_id": loc.run_id, "stop_requested": True, "note": note}
 
 
 def _all_keys(ws: Workspace, loc: RunLocation) -> list[str]:

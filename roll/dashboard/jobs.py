@@ -1,11 +1,14 @@
-"""Validating a pasted job the way ``roll validate`` does, without importing user code."""
+"""Validating a pasted job the way ``roll validate`` and ``roll submit`` do, without importing user code.
+
+The checks themselves live in :mod:`roll.jobs.submit` (shared with the CLI); this module only
+shapes their verdict for the JSON API.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from roll.config.loader import load_job_data, parse_yaml_text
-from roll.errors import ConfigError, RollError
+from roll.errors import RollError
 
 SOURCE = "<submitted job>"
 
@@ -20,17 +23,10 @@ def validate_job_text(text: str, source: str = SOURCE) -> dict[str, Any]:
         ``{"ok": True, "pipeline", "message", "plan", "plan_text"}`` for a valid job, or
         ``{"ok": False, "error"}`` with the message ``roll validate`` prints after 'error:'.
     """
-    from roll.jobs.local import plan_for  # imports Ray: only when a job is validated
+    from roll.jobs.submit import check_job_text  # imports Ray: only when a job is validated
 
     try:
-        data = parse_yaml_text(text, source=source)
-        if data.get("imports"):
-            raise ConfigError(
-                f"{source}: imports: the dashboard does not import modules named by a submitted job; "
-                "remove 'imports:' here, or validate it on your machine with 'roll validate JOB.yaml'"
-            )
-        loaded = load_job_data(data, source=source)
-        plan = plan_for(loaded)
+        loaded, plan = check_job_text(text, source, allow_imports=False)
     except RollError as exc:
         return {"ok": False, "error": str(exc)}
     return {

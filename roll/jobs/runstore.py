@@ -118,10 +118,18 @@ class RunStore:
     Args:
         path: the database file; its folder is created if missing.
         busy_timeout_s: how long a write waits for another writer's transaction before failing.
+        checkpoint_every_s: how often (at most) a commit also copies the WAL back into the main
+            file. SQLite's own auto-checkpoint gives up while readers hold old snapshots, so a
+            long run watched by a dashboard could grow the WAL without bound; a PASSIVE
+            checkpoint after a commit copies what no reader still needs and never blocks.
     """
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, path: str | Path, busy_timeout_s: float = 30.0, checkpoint_every_s: float = 30.0
+    ) -> None:
         self.path = Path(path)
+        self._checkpoint_every_s = checkpoint_every_s
+        self._checkpointed_at = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
         # isolation_level=None: no implicit transactions; writes use explicit BEGIN IMMEDIATE.
@@ -178,6 +186,16 @@ class RunStore:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+        if time.monotonic() - self._checkpointed_at >= self._checkpoint_every_s:
+            self.checkpoint()
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy committed WAL frames into the database file (PASSIVE: waits for no one).
+
+        Returns SQLite's ``(busy, wal_frames, checkpointed_frames)``.
+        """
+        self._checkpointed_at = time.monotonic()
+        return tuple(self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -206,12 +224,14 @@ class RunStore:
         A new run gets ``created_at``; a running one also ``started_at``, this host and pid. An
         existing run is set to ``running`` with ``resumed_count`` incremented, this host and pid,
         a new ``started_at``, the new config (a resume may change it) and no end time or error.
+        A ``pending`` run (recorded by ``roll submit`` before Ray started its driver) is claimed
+        the same way, but it is a first start, not a resume: ``resumed_count`` stays.
         """
         self._check_status(status)
         now = time.time()
         started = now if status == "running" else None
         with self.transaction():
-            exists = self._conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
+            exists = self._conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
             if exists is None:
                 self._conn.execute(
                     "INSERT INTO runs (id, name, pipeline, status, config_json, created_at,"
@@ -231,10 +251,17 @@ class RunStore:
                 )
             else:
                 self._conn.execute(
-                    "UPDATE runs SET status = 'running', resumed_count = resumed_count + 1,"
+                    "UPDATE runs SET status = 'running', resumed_count = resumed_count + ?,"
                     " config_json = ?, started_at = ?, ended_at = NULL, error = NULL,"
                     " owner_host = ?, pid = ? WHERE id = ?",
-                    (_dumps(dict(config)), now, self._host, os.getpid(), run_id),
+                    (
+                        0 if exists["status"] == "pending" else 1,
+                        _dumps(dict(config)),
+                        now,
+                        self._host,
+                        os.getpid(),
+                        run_id,
+                    ),
                 )
 
     def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
