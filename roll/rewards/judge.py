@@ -123,6 +123,11 @@ class LLMJudge:
         self._engine: Any = None
         self.last_replies: list[str] = []
 
+    @classmethod
+    def check_params(cls, **params: Any) -> None:
+        """Raise ConfigError for bad params at config time (building the judge loads no model)."""
+        cls(**params)
+
     def _ensure_engine(self) -> Any:
         if self._engine is None:
             from roll.engines.hf_engine import HFInferEngine

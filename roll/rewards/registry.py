@@ -69,6 +69,12 @@ class RewardEntry:
                 f"{where}: bad params for reward {self.name!r} ({exc}); it accepts: "
                 f"{', '.join(accepted) or 'no params'}"
             ) from exc
+        hook = getattr(self.target, "check_params", None) if self.is_batched else None
+        if hook is not None:  # a class may check values too (cheaply: no model is loaded)
+            try:
+                hook(**params)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
 
 
 _REWARDS: dict[str, RewardEntry] = {}

@@ -136,6 +136,10 @@ def test_unknown_domain_can_be_an_error() -> None:
             r"holds a model in the reward worker and cannot run under timeout_s",
         ),
         ({"functions": [{"name": "exact_match", "timeout_s": 0}]}, r"timeout_s must be > 0 or null"),
+        (
+            {"functions": [{"name": "llm_judge", "params": {"model": {"source": "tiny"}, "template": "hi"}}]},
+            r"reward.functions\[0\]: llm_judge: params.template must contain \{response\}",
+        ),
     ],
 )
 def test_bad_reward_config_says_what_to_change(data: dict, message: str) -> None:
