@@ -49,12 +49,12 @@ class AgenticRolloutConfig(ConfigBase):
     max_new_tokens: int = Field(
         16, ge=1, description="Longest action the policy generates per turn, in tokens."
     )
-    max_context_tokens: int = Field(
-        1024,
+    max_context_tokens: int | None = Field(
+        None,
         ge=2,
         description="Longest context (first observation + every action and observation so far). A "
-        "trajectory whose next turn could exceed it ends, truncated (outcome context_limit). Keep it "
-        "within the model's max_position_embeddings.",
+        "trajectory whose next turn could exceed it ends, truncated (outcome context_limit). Null: "
+        "the tiny model's max_position_embeddings, or 4096 for other model sources.",
     )
     observation_template: str = Field(
         "\n{observation}\n",
@@ -156,7 +156,7 @@ class AgenticConfig(ConfigBase):
                 f"train.mini_batches={self.train.mini_batches} does not divide the batch of {batch} "
                 "trajectories (rollout.tasks_per_step × rollout.group_size); pick a divisor"
             )
-        if self.model.source == "tiny":
+        if self.model.source == "tiny" and self.rollout.max_context_tokens is not None:
             limit = self.model.tiny.max_position_embeddings
             if self.rollout.max_context_tokens > limit:
                 raise ValueError(
@@ -169,6 +169,13 @@ class AgenticConfig(ConfigBase):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
+
+    @property
+    def context_limit(self) -> int:
+        """``rollout.max_context_tokens``, or the model's limit when it is null."""
+        if self.rollout.max_context_tokens is not None:
+            return self.rollout.max_context_tokens
+        return self.model.tiny.max_position_embeddings if self.model.source == "tiny" else 4096
 
     @property
     def max_generated_tokens(self) -> int:
@@ -188,7 +195,7 @@ class AgenticConfig(ConfigBase):
         hf = model_config_dict(self.model)
         n = estimate_params_from_hf_config(hf)
         b = DTYPE_BYTES[self.model.dtype]
-        tokens = self.rollout.batch_size * self.rollout.max_context_tokens
+        tokens = self.rollout.batch_size * self.context_limit
         lora = self.train.lora
         shape = dict(hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"])
         return {

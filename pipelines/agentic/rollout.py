@@ -145,7 +145,11 @@ def step_environments(
             episode.finish(info.get("outcome", default), info)
         else:
             text = cfg.rollout.observation_template.format(observation=out.non_tensors["observation"][i])
-            episode.tokens.add_observation(encode(tokenizer, text, first=False))
+            ids = encode(tokenizer, text, first=False)
+            if len(episode.tokens.context) + len(ids) + cfg.rollout.max_new_tokens > cfg.context_limit:
+                episode.finish("context_limit")  # the next turn could not fit: end before it
+            else:
+                episode.tokens.add_observation(ids)
 
 
 def play_episodes(
@@ -159,10 +163,10 @@ def play_episodes(
     params = sampling_params(cfg)
     with timer("reset"):
         episodes = reset_episodes(cfg, groups["environment"], tokenizer, step)
+    for e in episodes:
+        if not e.done and len(e.tokens.context) + params.max_new_tokens > cfg.context_limit:
+            e.finish("context_limit")  # not even the first action fits
     while True:
-        for e in episodes:
-            if not e.done and len(e.tokens.context) + params.max_new_tokens > cfg.rollout.max_context_tokens:
-                e.finish("context_limit")
         live = [e for e in episodes if not e.done]
         if not live:
             break
