@@ -6,7 +6,9 @@
 - :mod:`roll.envs.episode`: the rules every environment shares (turn limit, error isolation,
   idempotent turns); :mod:`roll.envs.pool`: many trajectories by id on a thread pool (what
   ``workers/environment.py`` serves);
-- :mod:`roll.envs.agents`: random and scripted agents and ``run_episode`` for tests.
+- :mod:`roll.envs.agents`: random and scripted agents and ``run_episode`` for tests;
+- :mod:`roll.envs.trajectory`: multi-turn token trajectories (generated tokens trained on,
+  observation tokens masked) and their packing into train tensors.
 """
 
 from roll.envs.agents import Agent, RandomAgent, Trajectory, Turn, random_agent, run_episode, scripted_agent
@@ -22,6 +24,7 @@ from roll.envs.base import (
 )
 from roll.envs.episode import Episode
 from roll.envs.pool import EnvPool, EnvReply, ResetRequest, StepRequest
+from roll.envs.trajectory import TokenTrajectory, pack_trajectories
 
 __all__ = [
     "Agent",
@@ -34,11 +37,13 @@ __all__ = [
     "StepRequest",
     "StepResult",
     "TextEnv",
+    "TokenTrajectory",
     "Trajectory",
     "Turn",
     "env_names",
     "find_tags",
     "make_env",
+    "pack_trajectories",
     "parse_choice",
     "random_agent",
     "register_env",
