@@ -21,6 +21,12 @@ Example YAML::
             model: {source: smollm2}
             template: "Question: {prompt}\\nAnswer: {response}\\nRate the answer. Score: N/10\\n"
             chat_template: true
+            reply_prefix: "Score:"    # the reply starts here; the model writes the number
+
+Measured here with SmolLM2-135M-Instruct as the judge (greedy, the template above, reply_prefix
+"Score:"): the mechanics work (about 1 s per completion on 2 CPUs after a 20 s load), but the
+model is no judge: it gave "Paris." and "Berlin." for the capital of France both 9/10. Use a
+stronger model for real judging; the tiny models serve the tests.
 """
 
 from __future__ import annotations
@@ -93,6 +99,9 @@ class LLMJudge:
         batch_size: completions judged per generate call.
         chat_template: wrap the prompt in the tokenizer's chat template (instruct models).
         max_response_chars: a completion is cut to this many characters before it is shown.
+        reply_prefix: text that starts the judge's reply (after the chat wrapping), e.g.
+            "Score:", so a small model continues with a number; appended as is (mind the space)
+            and parsed together with the reply.
     """
 
     def __init__(
@@ -104,6 +113,7 @@ class LLMJudge:
         batch_size: int = 8,
         chat_template: bool = False,
         max_response_chars: int = 4000,
+        reply_prefix: str = "",
     ) -> None:
         from pydantic import ValidationError
 
@@ -120,6 +130,7 @@ class LLMJudge:
         self.template, self.scale = template, scale
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.chat_template, self.max_response_chars = chat_template, max_response_chars
+        self.reply_prefix = reply_prefix
         self._engine: Any = None
         self.last_replies: list[str] = []
 
@@ -149,13 +160,12 @@ class LLMJudge:
         """Token ids of the judge prompt (chat-wrapped when ``chat_template``)."""
         tokenizer = self._ensure_engine().tokenizer
         text = self.prompt_text(response, row)
-        if self.chat_template:
-            return list(
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-                )
+        if self.chat_template:  # render, then tokenise: the template already holds the specials
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
             )
-        return list(tokenizer(text)["input_ids"])
+            return list(tokenizer(text + self.reply_prefix, add_special_tokens=False)["input_ids"])
+        return list(tokenizer(text + self.reply_prefix)["input_ids"])
 
     def score_batch(self, responses: list[str], rows: list[dict[str, Any]]) -> list[float | Exception]:
         """One score in [0, 1] or one exception per completion, in order."""
@@ -176,7 +186,9 @@ class LLMJudge:
             chunk = order[start : start + self.batch_size]
             out = engine.generate([prompts[i] for i in chunk], params)
             for row_index, ids, mask in zip(chunk, out.response_ids, out.response_mask, strict=True):
-                reply = engine.tokenizer.decode(ids[mask].tolist(), skip_special_tokens=True)
+                reply = self.reply_prefix + engine.tokenizer.decode(
+                    ids[mask].tolist(), skip_special_tokens=True
+                )
                 self.last_replies[row_index] = reply
                 try:
                     results[row_index] = parse_score(reply, self.scale)

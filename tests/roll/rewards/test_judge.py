@@ -134,3 +134,11 @@ def test_bad_judge_params_say_what_to_change() -> None:
         LLMJudge({"source": "tiny"}, template="no placeholder")
     with pytest.raises(ConfigError, match="params.model is not a valid model section"):
         LLMJudge({"source": "gpt"})
+
+
+def test_reply_prefix_starts_the_reply(judge_folder: Path) -> None:
+    judge = LLMJudge({"source": "hf", "path": str(judge_folder)}, template=TEMPLATE, reply_prefix=" Score :")
+    prompt = judge.prompt_ids("good", {})
+    assert prompt[-2:] == [WORDS.index("Score") + 4, WORDS.index(":") + 4]  # word i has id 4 + i
+    judge.score_batch(["good"], [{}])
+    assert judge.last_replies[0].startswith(" Score :")
