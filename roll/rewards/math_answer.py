@@ -11,7 +11,8 @@ Extraction, most explicit first (the last occurrence of the first kind found win
 
 Normalisation turns an answer into text that :mod:`roll.rewards.math_verify` can parse: math-mode
 delimiters, ``\\left``/``\\right``, spacing commands, ``\\text{units}``, degree signs, trailing
-units ("12 apples", "5 cm") and thousands separators go; a trailing ``%`` becomes a flag; a leading
+units ("12 apples", "5 cm") and thousands separators go; a mixed number ``2\\frac{1}{2}`` becomes
+``2 + 1/2``; a trailing ``%`` becomes a flag; a leading
 ``x =`` goes; LaTeX fractions, roots, products and powers become ``(a)/(b)``, ``sqrt(x)``, ``*`` and
 ``**``. A LaTeX command it does not know is kept, and the parser then refuses the text.
 """
@@ -65,6 +66,7 @@ _SIMPLE = {
     r"\le": "<=",
     r"\ge": ">=",
 }
+_MIXED_NUMBER = re.compile(r"(?<![\d.])(\d+)\s*\\[dt]?frac\s*\{(\d+)\}\s*\{(\d+)\}")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 
 
@@ -142,7 +144,9 @@ def normalise_answer(raw: str) -> Answer:
     boxed = last_boxed(text)
     if boxed is not None:
         text = boxed
-    text = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", text.strip()).replace("$", "")
+    text = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", text.strip()).replace("\\$", "").replace("$", "")
+    text = text.replace("\u2212", "-")  # Unicode minus sign
+    text = _MIXED_NUMBER.sub(r"(\1 + \\frac{\2}{\3})", text)  # 2\frac{1}{2} is 2.5, not 1
     for token in _DROP:
         text = text.replace(token, " ")
     text = text.replace("{,}", "")  # LaTeX thousands separator 1{,}000

@@ -80,6 +80,13 @@ EQUAL = [
     ("\\boxed{3.0000001}", "3"),  # within rel_tol 1e-6
     ("\\boxed{e^{0}}", "1"),
     ("\\boxed{2^{10}}", "1024"),
+    ("\\boxed{2\\frac{1}{2}}", "5/2"),  # a mixed number
+    ("\\boxed{-2\\frac{1}{2}}", "-2.5"),
+    ("\\boxed{2\\frac{\\pi}{3}}", "2*pi/3"),  # a product, not a mixed number
+    ("\\boxed{\\$5.00}", "5"),
+    ("\\boxed{\u22125}", "-5"),  # Unicode minus
+    ("\\boxed{1.5 \\times 10^{3}}", "1500"),
+    ("\\boxed{\\text{(B)}}", "B"),
 ]
 
 NOT_EQUAL = [
@@ -94,6 +101,7 @@ NOT_EQUAL = [
     ("\\boxed{0.05}", "5"),  # only a written % matches its fraction
     ("nothing to see", "4"),
     ("\\boxed{-2}", "2"),
+    ("\\boxed{2\\frac{1}{2}}", "1"),
 ]
 
 
