@@ -58,8 +58,15 @@ class AgenticRolloutConfig(ConfigBase):
     )
     observation_template: str = Field(
         "\n{observation}\n",
-        description="Text encoded after each action: the next observation in {observation}. The first "
-        "observation is encoded on its own (with the tokenizer's special tokens).",
+        description="Without a chat template: text encoded after each action, the next observation "
+        "in {observation}. The first observation is encoded on its own (with the tokenizer's "
+        "special tokens). With a chat template, {observation} is the user message's content.",
+    )
+    chat_template: bool | None = Field(
+        None,
+        description="Wrap observations as user turns and actions as assistant turns with the "
+        "tokenizer's chat template; null: when the tokenizer has one (the tiny word tokenizers "
+        "have none).",
     )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (also used in training).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold; 1 disables.")

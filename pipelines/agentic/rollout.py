@@ -72,7 +72,59 @@ def encode(tokenizer: Any, text: str, *, first: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=first)["input_ids"])
 
 
-def reset_episodes(cfg: AgenticConfig, env: WorkerGroup, tokenizer: Any, step: int) -> list[TrajectoryRecord]:
+_ACTION_MARK = "ROLLACTIONMARK"
+
+
+class ObservationEncoder:
+    """Token ids of the first observation (the prompt) and of each later one (appended after an action).
+
+    Plain: the first observation with the tokenizer's special tokens, later ones through
+    ``observation_template``. Chat: the first as a user turn plus the generation prompt; a later
+    one as what the chat template puts after an assistant turn (its end-of-turn marker, the user
+    turn, the generation prompt), without the end-of-turn token when the action already ended
+    with it (the model generated it).
+    """
+
+    def __init__(self, cfg: AgenticConfig, tokenizer: Any) -> None:
+        self.tokenizer, self.template = tokenizer, cfg.rollout.observation_template
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.chat = has_template if cfg.rollout.chat_template is None else cfg.rollout.chat_template
+        if self.chat and not has_template:
+            raise ValueError(
+                "rollout.chat_template: true, but the tokenizer has no chat template; set it to false"
+            )
+
+    def first(self, observation: str) -> list[int]:
+        if not self.chat:
+            return encode(self.tokenizer, observation, first=True)
+        message = [{"role": "user", "content": self.template.format(observation=observation)}]
+        return list(
+            self.tokenizer.apply_chat_template(
+                message, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+
+    def after_action(self, observation: str, action_ids: list[int]) -> list[int]:
+        text = self.template.format(observation=observation)
+        if not self.chat:
+            return encode(self.tokenizer, text, first=False)
+        turns = [
+            {"role": "user", "content": "-"},
+            {"role": "assistant", "content": _ACTION_MARK},
+            {"role": "user", "content": text},
+        ]
+        rendered = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        ids = encode(
+            self.tokenizer, rendered[rendered.index(_ACTION_MARK) + len(_ACTION_MARK) :], first=False
+        )
+        if action_ids and ids and action_ids[-1] == ids[0] == self.tokenizer.eos_token_id:
+            ids = ids[1:]
+        return ids
+
+
+def reset_episodes(
+    cfg: AgenticConfig, env: WorkerGroup, tokenizer: Any, observations: ObservationEncoder, step: int
+) -> list[TrajectoryRecord]:
     """Start ``group_size`` trajectories of each task of ``step`` on the environment workers."""
     seeds = task_seeds(cfg, step)
     out = env.reset_batch(make_reset_batch(cfg.env, seeds, cfg.rollout.group_size, prefix=f"step{step}"))
@@ -80,7 +132,7 @@ def reset_episodes(cfg: AgenticConfig, env: WorkerGroup, tokenizer: Any, step: i
     for i in range(len(out)):
         traj_id, info = out.non_tensors["traj_id"][i], out.non_tensors["info"][i]
         task = i // cfg.rollout.group_size
-        prompt = encode(tokenizer, out.non_tensors["observation"][i], first=True) or [tokenizer.pad_token_id]
+        prompt = observations.first(out.non_tensors["observation"][i]) or [tokenizer.pad_token_id]
         episode = TrajectoryRecord(
             traj_id, task, seeds[task], TokenTrajectory(prompt), out.non_tensors["env_rank"][i]
         )
@@ -120,7 +172,11 @@ def generate_actions(rollout: WorkerGroup, live: list[TrajectoryRecord], params:
 
 
 def step_environments(
-    cfg: AgenticConfig, env: WorkerGroup, tokenizer: Any, live: list[TrajectoryRecord], actions: list[str]
+    cfg: AgenticConfig,
+    env: WorkerGroup,
+    observations: ObservationEncoder,
+    live: list[TrajectoryRecord],
+    actions: list[str],
 ) -> None:
     """Step every live episode with its action; record rewards and ends, append observations."""
     batch = Batch.from_dict(
@@ -144,8 +200,7 @@ def step_environments(
             default = "terminated" if bool(out.tensors["terminated"][i]) else "truncated"
             episode.finish(info.get("outcome", default), info)
         else:
-            text = cfg.rollout.observation_template.format(observation=out.non_tensors["observation"][i])
-            ids = encode(tokenizer, text, first=False)
+            ids = observations.after_action(out.non_tensors["observation"][i], episode.tokens.last_action)
             if len(episode.tokens.context) + len(ids) + cfg.rollout.max_new_tokens > cfg.context_limit:
                 episode.finish("context_limit")  # the next turn could not fit: end before it
             else:
@@ -161,8 +216,9 @@ def play_episodes(
     add up over the turns.
     """
     params = sampling_params(cfg)
+    observations = ObservationEncoder(cfg, tokenizer)
     with timer("reset"):
-        episodes = reset_episodes(cfg, groups["environment"], tokenizer, step)
+        episodes = reset_episodes(cfg, groups["environment"], tokenizer, observations, step)
     for e in episodes:
         if not e.done and len(e.tokens.context) + params.max_new_tokens > cfg.context_limit:
             e.finish("context_limit")  # not even the first action fits
@@ -173,7 +229,7 @@ def play_episodes(
         with timer("generate"):
             actions = generate_actions(groups["rollout"], live, params)
         with timer("env"):
-            step_environments(cfg, groups["environment"], tokenizer, live, actions)
+            step_environments(cfg, groups["environment"], observations, live, actions)
     groups["environment"].release([e.traj_id for e in episodes])
     return episodes
 

@@ -51,6 +51,15 @@ class TokenTrajectory:
         return self.prompt_ids + self.ids
 
     @property
+    def last_action(self) -> list[int]:
+        """The tokens of the latest action (the trailing run of generated tokens)."""
+        n = len(self.loss_mask)
+        start = n
+        while start > 0 and self.loss_mask[start - 1] == 1:
+            start -= 1
+        return self.ids[start:n]
+
+    @property
     def generated_tokens(self) -> int:
         return sum(self.loss_mask)
 
