@@ -277,13 +277,17 @@ def start_local(
 
 
 def wait_for_nodes(dashboard_url: str, count: int, timeout_s: float) -> list[dict[str, Any]]:
-    """Wait until the cluster reports ``count`` alive nodes and the head's job agent is up."""
+    """Wait until the dashboard answers and reports ``count`` alive nodes.
+
+    The head's job agent may register a few seconds later still; ``roll submit`` retries while
+    Ray answers "No available agent".
+    """
     deadline = time.monotonic() + timeout_s
     nodes: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         try:
             nodes = [n for n in list_nodes(dashboard_url) if n["state"] == "ALIVE"]
-            if len(nodes) >= count and _job_agent_ready(dashboard_url):
+            if len(nodes) >= count and _jobs_api_answers(dashboard_url):
                 return nodes
         except ClusterError:
             pass  # the dashboard is still starting
@@ -294,16 +298,14 @@ def wait_for_nodes(dashboard_url: str, count: int, timeout_s: float) -> list[dic
     )
 
 
-def _job_agent_ready(dashboard_url: str) -> bool:
-    # the Jobs API refuses submissions until the head's agent has registered ("No available agent")
+def _jobs_api_answers(dashboard_url: str) -> bool:
     from roll.jobs.rayapi import http_json
 
     try:
         http_json(dashboard_url, "/api/jobs/", timeout_s=5)
-        version = http_json(dashboard_url, "/api/version", timeout_s=5)
     except ClusterError:
         return False
-    return bool(version)
+    return True
 
 
 def list_nodes(dashboard_url: str) -> list[dict[str, Any]]:
