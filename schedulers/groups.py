@@ -50,7 +50,7 @@ class Chunk:
     groups: list[PromptGroup]
     rank: int
     gen_ref: ray.ObjectRef
-    reward_ref: ray.ObjectRef
+    reward_ref: ray.ObjectRef | None  # set once generated
     reward_rank: int
     rows: int
     submitted: float = field(default_factory=time.monotonic)

@@ -8,8 +8,7 @@
 
 Each prompt group is queued, routed whole to the least-loaded healthy rollout worker (in chunks of
 ``groups_per_chunk`` groups, or one chunk per worker), generated there with a seed of its own, and
-scored by a reward worker as soon as its chunk is generated (the reward call is chained to the
-generation's object ref, so it starts without a round trip through the driver). The step ends once
+scored by a reward worker as soon as the driver sees its chunk generated. The step ends once
 ``groups_per_step`` usable groups are ready:
 
 * dynamic sampling (DAPO, arXiv:2503.14476 §3.2): groups whose rewards have zero variance are
@@ -33,7 +32,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError, TaskCancelledError
+from ray.exceptions import (
+    ActorUnavailableError,
+    RayActorError,
+    RayError,
+    RayTaskError,
+    TaskCancelledError,
+)
 
 from roll.controller import WorkerGroup, describe_failure
 from roll.engines.base import SamplingParams
@@ -191,10 +196,7 @@ class RolloutScheduler:
         cfg = self.cfg
         batch = chunk_batch(groups, cfg.group_size, cfg.sampling, cfg.seed, slot.version_sent)
         gen_ref = self.rollout.generate_chunk.on_rank(slot.rank, batch)
-        reward_rank = self.next_reward_rank % self.reward.world_size
-        self.next_reward_rank += 1
-        reward_ref = self.reward.compute_rewards.on_rank(reward_rank, gen_ref)  # starts when generated
-        chunk = Chunk(self.next_chunk, groups, slot.rank, gen_ref, reward_ref, reward_rank, len(batch))
+        chunk = Chunk(self.next_chunk, groups, slot.rank, gen_ref, None, -1, len(batch))
         self.next_chunk += 1
         for g in groups:
             g.chunk = chunk.cid
@@ -245,9 +247,15 @@ class RolloutScheduler:
             else:
                 self._retry_or_fail(chunk, describe_failure("rollout", "generate_chunk", chunk.rank, err))
             return
-        self.stats["seconds_generate"] += time.monotonic() - chunk.submitted
         self._release(chunk)
+        if self.ledger.state(chunk.sample_ids[0]) is S.QUEUED:  # seen before the chunk ahead of it
+            self.ledger.move(chunk.sample_ids, S.GENERATING)
         self.ledger.move(chunk.sample_ids, S.REWARDING)
+        # submitted once generated, not chained to the generation's ref: a reward worker runs its
+        # calls in order, so a call waiting on a hung generation would block every later one
+        chunk.reward_rank = self.next_reward_rank % self.reward.world_size
+        self.next_reward_rank += 1
+        chunk.reward_ref = self.reward.compute_rewards.on_rank(chunk.reward_rank, chunk.gen_ref)
 
     def _on_scored(self, chunk: Chunk) -> None:
         try:
@@ -258,7 +266,7 @@ class RolloutScheduler:
                 raise RolloutFailed(str(failure)) from err
             chunk.reward_attempts += 1
             chunk.reward_rank = (chunk.reward_rank + 1) % self.reward.world_size
-            chunk.reward_ref = self.reward.compute_rewards.on_rank(chunk.reward_rank, chunk.generated)
+            chunk.reward_ref = self.reward.compute_rewards.on_rank(chunk.reward_rank, chunk.gen_ref)
             return
         except RayError as err:
             self._retry_or_fail(chunk, describe_failure("reward", "compute_rewards", chunk.reward_rank, err))
@@ -275,6 +283,11 @@ class RolloutScheduler:
         try:
             ray.get(ref)
             ok = True
+        except ActorUnavailableError:
+            if kind == "ping":  # still restarting: ask again
+                self.watch[self.rollout.ping.on_rank(rank)] = ("ping", rank)
+                return
+            ok = False
         except TaskCancelledError:
             ok = True  # an abandoned chunk we cancelled: the worker answered, so it is alive
         except RayActorError:

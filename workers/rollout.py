@@ -77,9 +77,9 @@ class RolloutWorker(Worker):
         meta: "sampling" and "prompt_width" (as :meth:`generate`), "seed" (the chunk's sampling
         seed) and "policy_version" (the weights version the scheduler last sent this worker).
 
-        Returns the input batch with :meth:`generate`'s columns and non_tensor "policy_version"
-        [B] added. Raises :class:`StaleWeightsError` when this worker holds another version (Ray
-        restarted it and it has its initial weights).
+        Returns the input batch with :meth:`generate`'s columns and non_tensors "policy_version"
+        and "rollout_rank" [B] added. Raises :class:`StaleWeightsError` when this worker holds
+        another version (Ray restarted it and it has its initial weights).
         """
         expected = batch.meta["policy_version"]
         if self.policy_version != expected:
@@ -93,6 +93,7 @@ class RolloutWorker(Worker):
             torch.manual_seed(batch.meta["seed"])
             out = self._generate(batch, should_abort=context.is_canceled)
         out.non_tensors["policy_version"] = [expected] * len(out)
+        out.non_tensors["rollout_rank"] = [self.rank] * len(out)
         return batch.union(out)
 
     def _generate(self, batch: Batch, should_abort: Callable[[], bool] | None) -> Batch:
