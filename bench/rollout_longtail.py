@@ -11,8 +11,9 @@ a larger model, so the comparison does not hinge on this machine's load. Trainin
 
 Modes (both through schedulers.RolloutScheduler, the same code the rlvr pipeline runs):
   sync:   one chunk per worker, wait for every sample, then train (the default pipeline path);
-  async:  one prompt group per chunk, oversample 0.25 (abort the unfinished tail once the batch is
-          full) and async_ratio 1 (the next step's groups generate while the actor trains).
+  async:  --chunk prompt groups per chunk (4), --oversample 0.25 (abort the unfinished tail once
+          the batch is full) and async_ratio 1 (the next step's groups generate while the actor
+          trains).
 Prints per-mode step times and `sync/async step time ratio: X.XX`.
 """
 
@@ -89,7 +90,8 @@ def make_prompts(seed: int, max_tokens: int):
 
 def run_mode(name: str, args, rollout: WorkerGroup, reward: WorkerGroup, weights: list) -> list[float]:
     draw, tokenizer = make_prompts(args.seed, args.max_tokens)
-    extra = {"groups_per_chunk": 1, "oversample": 0.25, "async_ratio": 1} if name == "async" else {}
+    extra = {"groups_per_chunk": args.chunk, "oversample": args.oversample, "async_ratio": 1}
+    extra = extra if name == "async" else {}
     settings = SchedulerSettings(
         groups_per_step=args.prompts,
         group_size=args.group,
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=4.0)
     parser.add_argument("--train-s", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk", type=int, default=4, help="async mode: prompt groups per chunk")
+    parser.add_argument("--oversample", type=float, default=0.25, help="async mode: extra groups")
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
