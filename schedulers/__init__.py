@@ -1,0 +1,1 @@
+"""Schedulers: which sample goes where and when (rollout scheduling, lifecycle, routing)."""

@@ -45,6 +45,7 @@ from roll.engines.base import SamplingParams
 from schedulers.groups import Chunk, PromptGroup, assemble, chunk_batch, split_groups
 from schedulers.lifecycle import SampleLedger
 from schedulers.lifecycle import SampleState as S
+from schedulers.metrics import step_metrics
 from schedulers.routing import Health, Router, WorkerSlot
 
 #: ``draw(n) -> [(row, prompt_ids), ...]``: the next n prompts (rows need an "id").
@@ -94,6 +95,7 @@ class RolloutScheduler:
         self.drawn_per_label: Counter = Counter()
         self.next_index = self.next_chunk = self.next_reward_rank = 0
         self.stats: Counter = Counter()
+        self.last_error: Exception | None = None  # the latest worker error that cost a retry
 
     # ------------------------------------------------------------------ public API
     def update_weights(self, refs: list, version: int) -> None:
@@ -130,7 +132,10 @@ class RolloutScheduler:
             self.ledger.move(g.sample_ids, S.DONE)
         self._abort_tail(step)
         self.ledger.check()
-        metrics = self._metrics(selected, terminal_before, time.perf_counter() - start)
+        metrics = step_metrics(
+            self.ledger, self.stats, selected, terminal_before, self.version, self.cfg.groups_per_step
+        )
+        metrics["scheduler/time_wait_s"] = time.perf_counter() - start
         self.ledger.forget_terminal()
         return batch, metrics
 
@@ -281,8 +286,10 @@ class RolloutScheduler:
     def _on_watched(self, ref: ray.ObjectRef, kind: str, rank: int) -> None:
         slot = self.router.slots[rank]
         try:
-            ray.get(ref)
+            value = ray.get(ref)
             ok = True
+            if kind == "abandoned":  # a timed-out chunk finished after all: its rows ran elsewhere
+                self.stats["late_results"] += len(value)
         except ActorUnavailableError:
             if kind == "ping":  # still restarting: ask again
                 self.watch[self.rollout.ping.on_rank(rank)] = ("ping", rank)
@@ -393,7 +400,7 @@ class RolloutScheduler:
             raise RolloutFailed(
                 f"only {len(chosen)} of {self.cfg.groups_per_step} prompt groups could be generated "
                 f"this step (failures so far: {failed or 'none'}; last error: "
-                f"{getattr(self, 'last_error', None)}); raise rollout.max_refills, or check the workers"
+                f"{self.last_error}); raise rollout.max_refills, or check the workers"
             )
         for g in chosen:
             self.ready.remove(g)
@@ -419,42 +426,3 @@ class RolloutScheduler:
             elif not keep_scored:
                 self.ready.remove(g)
                 self.ledger.move(g.sample_ids, S.ABORTED, "surplus")
-
-    # ------------------------------------------------------------------ metrics
-    def _metrics(self, selected: list[PromptGroup], before: Counter, seconds: float) -> dict[str, float]:
-        delta = Counter(self.ledger.reasons)
-        delta.subtract(before)
-        ended = {
-            state: sum(n for k, n in delta.items() if k.startswith(state + ":"))
-            for state in ("done", "aborted", "failed")
-        }
-        live = self.ledger.counts()
-        staleness = [self.version - g.version for g in selected]
-        stages = self.ledger.stage_seconds([sid for g in selected for sid in g.sample_ids])
-        m = {
-            f"scheduler/{state.value}": float(live[state])
-            for state in (S.QUEUED, S.GENERATING, S.REWARDING, S.READY)
-        }
-        m |= {f"scheduler/{state}": float(n) for state, n in ended.items()}
-        m |= {
-            "scheduler/aborted_tail": float(delta["aborted:batch_full"]),
-            "scheduler/aborted_surplus": float(delta["aborted:surplus"]),
-            "scheduler/dropped_zero_variance": float(delta["aborted:zero_variance"]),
-            "scheduler/dropped_stale": float(delta["aborted:stale"]),
-            "scheduler/abort_rate": ended["aborted"] / max(1, sum(ended.values())),
-            "scheduler/refills": float(self.stats["refills"]),
-            "scheduler/refill_rate": self.stats["refills"] / self.cfg.groups_per_step,
-            "scheduler/refill_cap_hit": float(self.stats["refill_cap_hit"]),
-            "scheduler/filler_groups": float(self.stats["filler_groups"]),
-            "scheduler/retries": float(self.stats["retries"]),
-            "scheduler/timeouts": float(self.stats["timeouts"]),
-            "scheduler/worker_restarts": float(self.stats["worker_restarts"]),
-            "scheduler/late_results_ignored": float(self.stats["late_results"]),
-            "scheduler/duplicates_ignored": float(self.ledger.duplicates_ignored),
-            "scheduler/queue_depth": float(self.stats["queue_depth_max"]),
-            "scheduler/staleness_mean": sum(staleness) / len(staleness),
-            "scheduler/staleness_max": float(max(staleness)),
-            "scheduler/time_wait_s": seconds,
-        }
-        m |= {f"scheduler/time_{stage}_s": s for stage, s in stages.items()}
-        return m

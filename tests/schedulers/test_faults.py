@@ -1,6 +1,6 @@
-"""Faults: a rollout worker killed (-9) mid-step is restarted by Ray and its samples rerun, once;
-past its restart limit the step fails fast with a clear error; a SIGSTOPped worker's work moves
-to another worker when the sample timeout fires."""
+"""Faults: a rollout or reward worker killed (-9) mid-step is restarted by Ray and its samples
+rerun, once; past its restart limit the step fails fast with a clear error; a SIGSTOPped worker's
+work moves to another worker when the sample timeout fires."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def kill_when_first_group_is_scored(scheduler, pid: int) -> threading.Thread:
         os.kill(pid, signal.SIGKILL)
 
     thread = threading.Thread(target=watch, daemon=True)
+    thread.pid = pid
     thread.start()
     return thread
 
@@ -85,5 +86,29 @@ def test_stopped_worker_times_out_and_its_work_moves(ray_local) -> None:
         scheduler.ledger.check()
     finally:
         os.kill(stopped, signal.SIGCONT)
+        rollout.kill()
+        reward.kill()
+
+
+def test_killed_reward_worker_is_restarted_and_no_sample_is_lost(ray_local) -> None:
+    rollout, reward = start_rollout(1, step_s=0.01), start_reward(1, max_restarts=1)
+    try:
+        weights = initial_weights(rollout)
+        settings = dict(groups_per_step=6, groups_per_chunk=1)
+        scheduler = make_scheduler(rollout, reward, **settings)
+        scheduler.update_weights(weights, 0)
+        killer = kill_when_first_group_is_scored(scheduler, worker_pids(reward)[0])
+        batch, m = scheduler.generate(1)
+        killer.join()
+        assert worker_pids(reward)[0] != killer.pid  # a new process: Ray restarted it
+        ids = batch.non_tensors["sample_id"]
+        assert len(ids) == len(set(ids)) == 24 and m["scheduler/done"] == 24 and m["scheduler/failed"] == 0
+        scheduler.ledger.check()
+        clean = make_scheduler(rollout, reward, **settings)
+        clean.update_weights(weights, 0)
+        expected, _ = clean.generate(1)
+        assert batch.non_tensors["response_text"] == expected.non_tensors["response_text"]
+        assert batch.tensors["rewards"].tolist() == expected.tensors["rewards"].tolist()
+    finally:
         rollout.kill()
         reward.kill()
