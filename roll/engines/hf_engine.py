@@ -16,7 +16,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from roll.devices.offload import OffloadManager
 from roll.engines.base import GenerationOutput, SamplingParams
-from roll.engines.logprobs import token_logprobs
+from roll.engines.logprobs import position_ids_from_mask, token_logprobs
 from roll.engines.weights import load_numpy_state
 
 
@@ -140,6 +140,7 @@ class HFInferEngine:
             criteria.append(abort)
         if criteria:
             kwargs.update(stopping_criteria=StoppingCriteriaList(criteria))
+        kwargs.update(self._shared_prefill(kwargs["input_ids"], kwargs["attention_mask"]))
         out = self.model.generate(**kwargs)
         response = out.sequences[:, input_ids.shape[1] :].cpu()
         logits = torch.stack(out.logits, dim=1)  # [B, R, V] raw
@@ -156,6 +157,26 @@ class HFInferEngine:
             logprobs=torch.where(mask, logprobs.cpu().float(), torch.zeros_like(logprobs.cpu().float())),
             finish_reasons=reasons,
         )
+
+    def _shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+        """{"cache": KV cache of every prompt but its last token}, computed once per distinct
+        prompt and expanded to its rows (a GRPO group repeats each prompt group_size times);
+        generate then runs only the last prompt token per row. {} when no prompt repeats."""
+        keys = torch.cat([input_ids, attention_mask], dim=1)
+        unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        width = input_ids.shape[1]
+        if len(unique) == len(keys) or width < 2:
+            return {}
+        ids, mask = unique[:, : width - 1], unique[:, width:-1]
+        cache = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            logits_to_keep=1,
+            use_cache=True,
+        ).cache
+        cache.reorder_cache(inverse)
+        return {"cache": cache}
 
     def update_weights(self, state: dict[str, np.ndarray]) -> int:
         self.offloader.require_active("update_weights")

@@ -74,13 +74,16 @@ def test_rollout_logprobs_match_training_engine(setup) -> None:
     assert masked_max_diff(train_lp, out.tensors["rollout_logprobs"], mask) < 1e-5
 
 
-def test_kl_exactly_zero_while_actor_equals_reference(setup) -> None:
+def test_kl_zero_while_actor_equals_reference(setup) -> None:
     _, batch, rollout, actor, reference = setup
     out = rollout.generate(batch)
+    mask = out.tensors["response_mask"].float()
     actor_lp = actor.compute_log_probs(out).tensors["old_logprobs"]
     ref_lp = reference.compute_ref_log_probs(out).tensors["ref_logprobs"]
-    assert torch.equal(actor_lp, ref_lp)  # different micro-batching, same numbers
-    assert torch.count_nonzero(kl_penalty(actor_lp, ref_lp, "k3")) == 0
+    # rows sharing a prompt run it once per micro-batch (roll.engines.logprobs), so other
+    # micro-batches mean other kernel shapes: equal up to float rounding, not bitwise
+    assert masked_max_diff(actor_lp, ref_lp, mask) < 1e-6
+    assert float((kl_penalty(actor_lp, ref_lp, "k3") * mask).abs().max()) < 1e-9
 
 
 def test_train_then_sync_keeps_logprobs_in_agreement(setup) -> None:
