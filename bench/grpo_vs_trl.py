@@ -59,12 +59,17 @@ WORKLOADS = {
 class SideResult:
     step_times: list[float] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # median seconds per stage (roll only)
+    step_ends: list[float] = field(default_factory=list)  # wall clock at the end of each step
 
     def summary(self, samples_per_step: int) -> dict[str, float]:
-        # the first step pays one-time costs (compilation of kernels, caches) on both sides
-        times = self.step_times[1:] or self.step_times
-        med = statistics.median(times)
-        return {"median_step_s": med, "samples_per_s": samples_per_step / med}
+        """Medians over steps 2..N: the first step pays one-time costs (kernel caches, lazy
+        imports) on both sides and is excluded. ``period`` is the time between two step ends, so it
+        also counts what each side does between steps (logging, data loading)."""
+        med = statistics.median(self.step_times[1:] or self.step_times)
+        periods = [b - a for a, b in zip(self.step_ends, self.step_ends[1:], strict=False)]
+        period = statistics.median(periods) if periods else med
+        return {"median_step_s": med, "median_period_s": period, "samples_per_s": samples_per_step / period}
 
 
 def problems(n: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -85,7 +90,9 @@ def prepare_model(workload: str, folder: Path) -> tuple[Path, bool]:
     from roll.models.config import ModelConfig, TinyModelConfig
 
     if workload == "tiny":
-        cfg = ModelConfig(source="tiny", tiny=TinyModelConfig(vocab="arithmetic", hidden_size=64, num_layers=2))
+        cfg = ModelConfig(
+            source="tiny", tiny=TinyModelConfig(vocab="arithmetic", hidden_size=64, num_layers=2)
+        )
     else:
         cfg = ModelConfig(source="smollm2")
     model, tok = load_model_and_tokenizer(cfg)
@@ -126,6 +133,7 @@ def run_trl(w: Workload, folder: Path, chat: bool, dtype: str, steps: int, out_d
 
         def on_step_end(self, args, state, control, **kw):
             result.step_times.append(time.perf_counter() - self.t0)
+            result.step_ends.append(time.time())
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "reward" in logs:
@@ -153,10 +161,17 @@ def run_trl(w: Workload, folder: Path, chat: bool, dtype: str, steps: int, out_d
         loss_type="grpo",
         scale_rewards="group",
         disable_dropout=True,
+        # TRL turns gradient checkpointing on by default; it trades compute for memory, which a
+        # 135M model on a 24 GB host does not need (roll does not checkpoint either)
+        gradient_checkpointing=False,
     )
     trainer = GRPOTrainer(
-        model=str(folder), reward_funcs=reward, args=args, train_dataset=dataset,
-        processing_class=tokenizer, callbacks=[Timer()],
+        model=str(folder),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Timer()],
     )
     torch.manual_seed(0)
     trainer.train()
@@ -171,7 +186,9 @@ def run_roll(w: Workload, folder: Path, chat: bool, dtype: str, steps: int, out_
     data_file = out_dir / "prompts.jsonl"
     with data_file.open("w") as f:
         for i, (a, b) in enumerate(problems(w.prompts * steps)):
-            f.write(json.dumps({"id": f"p{i}", "prompt": prompt_text(a, b, chat), "answer": str(a + b)}) + "\n")
+            f.write(
+                json.dumps({"id": f"p{i}", "prompt": prompt_text(a, b, chat), "answer": str(a + b)}) + "\n"
+            )
     threads = os.cpu_count() or 1
     job = {
         "pipeline": "rlvr",
@@ -195,12 +212,28 @@ def run_roll(w: Workload, folder: Path, chat: bool, dtype: str, steps: int, out_
     }
     result = run_job(load_job_data(job), stream=sys.stderr)
     with RunStore(out_dir / "run" / "roll.sqlite") as store:
-        metrics = store.get_metrics(result["run_id"], keys=["time/step", "reward/mean"])
-    return SideResult([v for _, v in metrics["time/step"]], [v for _, v in metrics["reward/mean"]])
+        metrics = store.get_metrics(result["run_id"])
+        ends = store._conn.execute(
+            "SELECT wall_time FROM metrics WHERE run_id = ? AND key = 'time/step' ORDER BY step",
+            (result["run_id"],),
+        ).fetchall()
+    stages = {
+        k.removeprefix("time/"): statistics.median([v for _, v in series[1:] or series])
+        for k, series in metrics.items()
+        if k.startswith("time/") and k != "time/step"
+    }
+    return SideResult(
+        [v for _, v in metrics["time/step"]],
+        [v for _, v in metrics["reward/mean"]],
+        stages,
+        [e for (e,) in ends],
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer steps (< 15 min on 2 cores)")
     parser.add_argument("--workloads", nargs="+", default=["tiny", "smol"], choices=sorted(WORKLOADS))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
@@ -228,11 +261,17 @@ def main() -> None:
                     rewards = " ".join(f"{r:.2f}" for r in res.rewards)
                     print(
                         f"[{name} {dtype}] {side}: median step {s['median_step_s']:.3f}s, "
+                        f"median period {s['median_period_s']:.3f}s, "
                         f"{s['samples_per_s']:.1f} samples/s, reward per step: {rewards}",
                         flush=True,
                     )
+                    if res.stages:
+                        parts = ", ".join(f"{k} {v:.3f}s" for k, v in sorted(res.stages.items()))
+                        print(f"[{name} {dtype}] {side} median stage times: {parts}", flush=True)
                 if len(summaries) == 2:
-                    ratios.append((name, dtype, summaries["roll"]["samples_per_s"] / summaries["trl"]["samples_per_s"]))
+                    ratios.append(
+                        (name, dtype, summaries["roll"]["samples_per_s"] / summaries["trl"]["samples_per_s"])
+                    )
     for name, dtype, ratio in ratios:
         print(f"roll/trl samples/s ratio {name} {dtype}: {ratio:.2f}")
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 import ray
-from helpers import MODEL, initial_weights, start_rollout
 from ray.exceptions import TaskCancelledError
+from sched_helpers import MODEL, initial_weights, start_rollout
 
 from roll.engines.base import SamplingParams
 from roll.engines.hf_engine import HFInferEngine

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers import initial_weights, make_scheduler, start_reward, start_rollout
+from sched_helpers import initial_weights, make_scheduler, start_reward, start_rollout
 
 from schedulers.lifecycle import SampleState
 

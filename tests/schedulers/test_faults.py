@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from helpers import initial_weights, make_scheduler, start_reward, start_rollout, worker_pids
+from sched_helpers import initial_weights, make_scheduler, start_reward, start_rollout, worker_pids
 
 from schedulers.rollout_scheduler import RolloutFailed
 

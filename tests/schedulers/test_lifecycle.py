@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import ray
 import torch
-from helpers import initial_weights, make_scheduler, start_reward, start_rollout
+from sched_helpers import initial_weights, make_scheduler, start_reward, start_rollout
 
 from schedulers.groups import PromptGroup, chunk_batch
 from schedulers.lifecycle import LifecycleError, SampleLedger, SampleState
