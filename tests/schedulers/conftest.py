@@ -1,4 +1,5 @@
-"""A local Ray for the scheduler tests (2 CPUs), started once and shut down at the end."""
+"""A local Ray for the scheduler tests (2 CPUs), one per test module: other folders' tests start
+their own Ray, so none may outlive its module."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     # workers import test helpers (paced workers, reward plugins) from this folder
     path = f"{HERE.parents[1]}:{HERE}"
