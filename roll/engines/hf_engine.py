@@ -1,9 +1,12 @@
-"""Inference engine on Hugging Face ``generate``: batched sampling with per-token log-probs.
+"""Inference engine on Hugging Face transformers models: batched sampling with per-token log-probs.
 
-Log-probs come from the raw logits (``output_logits=True``) divided by the temperature, i.e. the
-policy's distribution, not from ``output_scores`` (which are after top-k/top-p processing). With
-left padding and position ids that skip it, they match a teacher-forced forward of the training
-engine to ~1e-6 for the same weights (tests/roll/engines).
+Its own decode loop over the model's forward and KV cache, rather than ``model.generate``:
+rows leave the batch as they finish, each distinct prompt is prefilled once, sampling draws by
+inverse CDF (roll/engines/sampling.py), and the log-prob of each sampled token is taken from the
+raw logits divided by the temperature, i.e. the policy's distribution, not the top-k/top-p
+processed one. With left padding and position ids that skip it, they match a teacher-forced
+forward of the training engine to ~1e-6 for the same weights (tests/roll/engines). Measured on
+SmolLM2-135M, 4 prompts x 8 samples x 32 tokens, fp32 on 2 cores: see bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from roll.devices.offload import OffloadManager
 from roll.engines.base import GenerationOutput, SamplingParams
 from roll.engines.logprobs import position_ids_from_mask, token_logprobs
+from roll.engines.sampling import sample_next
 from roll.engines.weights import load_numpy_state
 
 
@@ -55,43 +58,6 @@ def response_lengths(
     return lengths, reasons
 
 
-class StopOnStrings(StoppingCriteria):
-    """Ends a row once its response text contains a stop string.
-
-    HF's own ``stop_strings`` precomputes token/byte tables that assume a byte-level BPE and
-    fails on other tokenizers (e.g. word-level ones); decoding the tail of each response works
-    with any tokenizer. A stop string of c characters spans at most c tokens, so only the last
-    c + 2 tokens are decoded each step.
-    """
-
-    def __init__(self, stops: tuple[str, ...], prompt_width: int, tokenizer: Any) -> None:
-        self.stops = stops
-        self.prompt_width = prompt_width
-        self.tokenizer = tokenizer
-        self.window = max(len(s) for s in stops) + 2
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        tails = input_ids[:, self.prompt_width :][:, -self.window :].tolist()
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
-
-
-class StopOnAbort(StoppingCriteria):
-    """Ends every row once ``should_abort()`` is true; checked between two decode steps.
-
-    The rollout worker passes Ray's cancellation flag (``ray.cancel`` on a running actor task),
-    so a scheduler can cut the long tail of a batch without killing the worker.
-    """
-
-    def __init__(self, should_abort: Callable[[], bool]) -> None:
-        self.should_abort = should_abort
-        self.fired = False
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        self.fired = self.fired or bool(self.should_abort())
-        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
-
-
 class HFInferEngine:
     """Samples from ``model`` with HF generate (KV cache, batched)."""
 
@@ -119,34 +85,11 @@ class HFInferEngine:
         it returns True generation stops and every unfinished row ends with reason "abort"."""
         self.offloader.require_active("generate")
         input_ids, attention_mask = left_pad(prompt_ids, self.pad_id)
-        greedy = params.temperature == 0
-        kwargs: dict[str, Any] = dict(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            max_new_tokens=params.max_new_tokens,
-            do_sample=not greedy,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_ids,
-            output_logits=True,
-            return_dict_in_generate=True,
+        response, logprobs, aborted = self._decode(
+            input_ids.to(self.device), attention_mask.to(self.device), params, should_abort
         )
-        if not greedy:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
-        criteria = []
-        if params.stop:
-            criteria.append(StopOnStrings(params.stop, input_ids.shape[1], self.tokenizer))
-        abort = StopOnAbort(should_abort) if should_abort is not None else None
-        if abort is not None:
-            criteria.append(abort)
-        if criteria:
-            kwargs.update(stopping_criteria=StoppingCriteriaList(criteria))
-        kwargs.update(self._shared_prefill(kwargs["input_ids"], kwargs["attention_mask"]))
-        out = self.model.generate(**kwargs)
-        response = out.sequences[:, input_ids.shape[1] :].cpu()
-        logits = torch.stack(out.logits, dim=1)  # [B, R, V] raw
-        logprobs = token_logprobs(logits, response.to(logits.device), 1.0 if greedy else params.temperature)
         lengths, reasons = response_lengths(response, set(self.eos_ids), params.stop, self.tokenizer)
-        if abort is not None and abort.fired and response.shape[1] < params.max_new_tokens:
+        if aborted:
             reasons = ["abort" if r == "length" else r for r in reasons]
         positions = torch.arange(response.shape[1])[None, :]
         mask = positions < torch.tensor(lengths)[:, None]
@@ -154,29 +97,87 @@ class HFInferEngine:
         return GenerationOutput(
             response_ids=response,
             response_mask=mask,
-            logprobs=torch.where(mask, logprobs.cpu().float(), torch.zeros_like(logprobs.cpu().float())),
+            logprobs=torch.where(mask, logprobs, torch.zeros_like(logprobs)),
             finish_reasons=reasons,
         )
 
-    def _shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
-        """{"cache": KV cache of every prompt but its last token}, computed once per distinct
-        prompt and expanded to its rows (a GRPO group repeats each prompt group_size times);
-        generate then runs only the last prompt token per row. {} when no prompt repeats."""
+    def _decode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        params: SamplingParams,
+        should_abort: Callable[[], bool] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The decode loop: ([B, R] sampled ids, [B, R] float32 log-probs, aborted).
+
+        A row leaves the batch (and the KV cache) as soon as it emits EOS or a stop string, so
+        finished rows cost nothing (HF generate keeps decoding them as padding until the last
+        row ends). Each distinct prompt is prefilled once and its cache expanded to its rows.
+        Log-probs are of the sampled token under softmax(raw logits / temperature).
+        """
+        batch = input_ids.shape[0]
+        temperature = params.temperature if params.temperature > 0 else 1.0
+        response = torch.full((batch, params.max_new_tokens), self.pad_id, dtype=torch.long)
+        logprobs = torch.zeros((batch, params.max_new_tokens), dtype=torch.float32)
+        logits, cache = self._prefill(input_ids, attention_mask)
+        rows = torch.arange(batch)  # original index of each row still decoding
+        mask = attention_mask
+        positions = position_ids_from_mask(attention_mask)[:, -1]
+        eos = torch.tensor(self.eos_ids, dtype=torch.long)
+        window = max((len(s) for s in params.stop), default=0) + 2
+        steps, aborted = 0, False
+        for t in range(params.max_new_tokens):
+            tokens = sample_next(logits, params.temperature, params.top_k, params.top_p)
+            picked = token_logprobs(logits[:, None, :], tokens[:, None], temperature)[:, 0]
+            tokens_cpu = tokens.cpu()
+            response[rows, t] = tokens_cpu
+            logprobs[rows, t] = picked.float().cpu()
+            steps = t + 1
+            done = torch.isin(tokens_cpu, eos)
+            if params.stop:
+                tails = response[rows, max(0, steps - window) : steps].tolist()
+                texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+                done |= torch.tensor([any(s in text for s in params.stop) for text in texts])
+            if steps == params.max_new_tokens or bool(done.all()):
+                break
+            if should_abort is not None and should_abort():
+                aborted = True
+                break
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(-1)
+                rows, keep = rows[keep], keep.to(self.device)
+                tokens, mask, positions = tokens[keep], mask[keep], positions[keep]
+                cache.batch_select_indices(keep)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            positions = positions + 1
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=positions[:, None],
+                cache=cache,
+                use_cache=True,
+            )
+            logits, cache = out.logits[:, -1, :], out.cache
+        return response[:, :steps], logprobs[:, :steps], aborted
+
+    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """([B, V] logits for each row's first response token, KV cache of the prompts). Each
+        distinct prompt runs once and its cache is expanded to its rows (a GRPO group repeats a
+        prompt group_size times)."""
         keys = torch.cat([input_ids, attention_mask], dim=1)
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
         width = input_ids.shape[1]
-        if len(unique) == len(keys) or width < 2:
-            return {}
-        ids, mask = unique[:, : width - 1], unique[:, width:-1]
-        cache = self.model(
+        ids, mask = unique[:, :width], unique[:, width:]
+        out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
             logits_to_keep=1,
             use_cache=True,
-        ).cache
-        cache.reorder_cache(inverse)
-        return {"cache": cache}
+        )
+        cache = out.cache
+        cache.reorder_cache(inverse)  # unique rows come sorted: expand and restore the order
+        return out.logits[inverse, -1, :], cache
 
     def update_weights(self, state: dict[str, np.ndarray]) -> int:
         self.offloader.require_active("update_weights")
