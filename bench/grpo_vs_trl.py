@@ -241,7 +241,6 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", default=["roll", "trl"], choices=["roll", "trl"])
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     ratios = []
     with tempfile.TemporaryDirectory(prefix="roll-bench-") as tmp:

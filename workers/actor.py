@@ -92,9 +92,9 @@ class ActorWorker(Worker):
 
     @register(Dispatch.SPLIT_BY_DP, collect=mean_metrics)
     def train_step(self, batch: Batch) -> dict[str, float]:
-        """batch: input_ids, attention_mask, response_mask, old_logprobs, advantages ([B] or
-        [B, R]) and, with a KL loss, ref_logprobs; meta "kl_coef" overrides the loss's KL weight
-        (adaptive KL control)."""
+        """batch: input_ids, attention_mask, response_mask, old_logprobs (optional: without them
+        the current policy's detached log-probs are used), advantages ([B] or [B, R]) and, with
+        a KL loss, ref_logprobs; meta "kl_coef" overrides the loss's KL weight (adaptive KL)."""
         tensors = dict(batch.tensors)
         mask = tensors["response_mask"].float()
         adv = tensors.pop("advantages")
@@ -117,9 +117,12 @@ class ActorWorker(Worker):
         )
         if self.loss_params.entropy_coef == 0:
             entropy = entropy.detach()  # reported, not trained on
+        # no old log-probs: one optimizer step per batch (train.single_update), so the current
+        # weights are the ones the pipeline would have recomputed them with
+        old = micro["old_logprobs"] if "old_logprobs" in micro else logp.detach()
         loss, stats = compute_actor_loss(
             logp,
-            micro["old_logprobs"],
+            old,
             micro.get("ref_logprobs"),
             micro["token_advantages"],
             micro["response_mask"].float(),

@@ -150,7 +150,8 @@ class AlgoConfig(ConfigBase):
     recompute_old_logprobs: bool = Field(
         False,
         description="Recompute behaviour log-probs with the actor instead of using the rollout's "
-        "(they agree to ~1e-6 on the same engine; recompute when engines or dtypes differ).",
+        "(they agree to ~1e-6 on the same engine; recompute when engines or dtypes differ). Free "
+        "with one optimizer step per batch: the training forward's own log-probs are used.",
     )
 
     @property
@@ -273,6 +274,13 @@ class RLVRConfig(ConfigBase):
                 f"{batch} (rollout.prompts_per_step × rollout.group_size); pick a divisor"
             )
         return self
+
+    @property
+    def old_logprobs_in_train_step(self) -> bool:
+        """Recomputed behaviour log-probs that need no forward of their own: with one optimizer
+        step per batch the actor's training forward runs on the weights a recompute would use,
+        so it takes its own detached log-probs (unless the reward needs them first: KL in reward)."""
+        return self.algo.recompute_old_logprobs and self.train.single_update and not self.algo.kl_in_reward
 
     @property
     def run_dir(self) -> Path:

@@ -378,13 +378,13 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
         with timer("reward"):
             batch = shape_rewards(cfg, batch)
         with timer("old_logprobs"):
-            if cfg.algo.recompute_old_logprobs:
-                with switch.active("actor"):
-                    batch = batch.union(groups["actor"].compute_log_probs(batch.select(*TRAIN_INPUTS)))
-            else:  # behaviour log-probs: same engine and weights, equal to the actor's within 1e-5
+            if not cfg.algo.recompute_old_logprobs:  # behaviour log-probs of the rollout engine
                 batch = batch.union(
                     Batch.from_dict(tensors={"old_logprobs": batch.tensors["rollout_logprobs"]})
                 )
+            elif not cfg.old_logprobs_in_train_step:  # else the actor's training forward gives them
+                with switch.active("actor"):
+                    batch = batch.union(groups["actor"].compute_log_probs(batch.select(*TRAIN_INPUTS)))
         if cfg.algo.kl_coef > 0:
             ref_role = "reference" if "reference" in groups else "actor"
             with timer("reference"), switch.active(ref_role):
@@ -395,9 +395,8 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
         with timer("advantage"):
             batch = batch.union(advantages(cfg, batch, kl_ctl.value))
         with timer("train"), switch.active("actor"):
-            keys = [*TRAIN_INPUTS, "old_logprobs", "advantages"] + (
-                ["ref_logprobs"] if cfg.algo.kl_coef > 0 else []
-            )
+            keys = [*TRAIN_INPUTS, "advantages"] + (["ref_logprobs"] if cfg.algo.kl_coef > 0 else [])
+            keys += ["old_logprobs"] if "old_logprobs" in batch.tensors else []
             actor_batch = batch.select(*keys)
             actor_batch.meta["kl_coef"] = kl_ctl.value
             train_metrics = groups["actor"].train_step(actor_batch)

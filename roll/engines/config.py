@@ -52,6 +52,12 @@ class OptimConfig(ConfigBase):
         None, ge=1, description="torch threads in training workers; null takes the device plan's."
     )
 
+    @property
+    def single_update(self) -> bool:
+        """One optimizer step per rollout batch: every micro-batch's forward sees the weights
+        the batch was sampled for, so the policy's own detached log-probs are the old ones."""
+        return self.epochs == 1 and self.mini_batches == 1
+
     @model_validator(mode="after")
     def _check(self) -> "OptimConfig":
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:

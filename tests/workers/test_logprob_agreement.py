@@ -107,3 +107,42 @@ def test_train_then_sync_keeps_logprobs_in_agreement(setup) -> None:
     assert masked_max_diff(train_lp, out2.tensors["rollout_logprobs"], mask) < 1e-5
     ref_lp = reference.compute_ref_log_probs(out2).tensors["ref_logprobs"]
     assert float(((kl_penalty(train_lp, ref_lp) * mask).sum())) > 0  # weights moved
+
+
+def test_train_step_without_old_logprobs_equals_one_with_recomputed_ones(setup) -> None:
+    """train.single_update: the actor's detached log-probs stand in for a recompute."""
+    cfg, batch, rollout, _, reference = setup
+    out = rollout.generate(batch)
+    rewards = torch.arange(len(out), dtype=torch.float32) % 2
+    base = out.select("input_ids", "attention_mask", "response_mask").union(
+        Batch.from_dict(
+            tensors={
+                "advantages": rewards - rewards.mean(),
+                "ref_logprobs": reference.compute_ref_log_probs(out).tensors["ref_logprobs"],
+            }
+        )
+    )
+    results = []
+    for recompute in (True, False):
+        actor = ActorWorker(
+            0,
+            1,
+            "actor",
+            model=cfg.model,
+            seed=0,
+            threads=1,
+            train=cfg.train,
+            loss_params=cfg.algo.actor_loss_params(5),
+            temperature=0.8,
+            total_optimizer_steps=4,
+        )
+        step_batch = base.union(actor.compute_log_probs(out)) if recompute else base
+        assert ("old_logprobs" in step_batch.tensors) is recompute
+        metrics = actor.train_step(step_batch)
+        results.append((metrics, actor.compute_log_probs(out).tensors["old_logprobs"]))
+    (with_old, lp_a), (without, lp_b) = results
+    assert without["actor/clip_frac"] == 0.0 and abs(without["actor/ratio_mean"] - 1.0) < 1e-12
+    for key in ("loss/policy", "loss/kl", "actor/grad_norm"):
+        assert abs(with_old[key] - without[key]) < 1e-6, key
+    mask = out.tensors["response_mask"].float()
+    assert masked_max_diff(lp_a, lp_b, mask) < 1e-6  # the same update
