@@ -1,32 +1,97 @@
-"""Per-token log-probs from a causal LM without materialising a full log-softmax.
+"""Per-token log-probs (and entropy) from a causal LM without materialising a full log-softmax.
 
-log p(y_t) = logit[y_t] - logsumexp(logits): one gather and one logsumexp per position, computed in
-row chunks so the [B, T, V] float32 log-softmax tensor never exists (the vocabulary of a real model
-is 49k-150k tokens).
+log p(y_t) = z[y_t] - logsumexp(z) and H_t = logsumexp(z) - sum_k p_k z_k for z = logits / T,
+computed in chunks of token rows small enough to stay in cache, forward and backward, by one
+autograd function: nothing of size [B, T, V] is allocated besides the logits and their gradient
+(the vocabulary of a real model is 49k-150k tokens). Gradients, with p = softmax(z):
+d logp / dz_k = [k = y] - p_k and dH / dz_k = -p_k (z_k - sum_j p_j z_j), each divided by T for
+the logits. Measured on SmolLM2-135M (32 x 32 scored tokens, fp32, 2 cores): see bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
 
-from roll.algos.entropy import entropy_from_logits
+CHUNK_ELEMENTS = 1 << 22  # float32 values per chunk (16 MB): chunk rows = this // vocabulary
 
 
-def token_logprobs(
-    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_rows: int = 16
-) -> torch.Tensor:
+class _LogprobEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, logits: torch.Tensor, labels: torch.Tensor, temperature: float, entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        flat, lab = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1, 1)
+        rows = flat.shape[0]
+        logp = torch.empty(rows, dtype=torch.float32, device=flat.device)
+        lse_all = torch.empty_like(logp)
+        ent = torch.empty_like(logp) if entropy else logp.new_empty(0)
+        for start, stop in _chunks(rows, flat.shape[1]):
+            z = _scaled(flat[start:stop], temperature)
+            lse = torch.logsumexp(z, dim=-1)
+            logp[start:stop] = z.gather(-1, lab[start:stop]).squeeze(-1) - lse
+            lse_all[start:stop] = lse
+            if entropy:
+                ent[start:stop] = lse - (torch.exp(z - lse[:, None]) * z).sum(-1)
+        ctx.save_for_backward(logits, labels, lse_all)
+        ctx.temperature = temperature
+        ctx.set_materialize_grads(False)
+        shape = labels.shape
+        return logp.view(shape), ent.view(shape) if entropy else ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, g_logp: torch.Tensor | None, g_ent: torch.Tensor | None):
+        logits, labels, lse_all = ctx.saved_tensors
+        flat, lab = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1, 1)
+        grad = torch.empty_like(flat)
+        g_logp = g_logp.reshape(-1, 1).float() if g_logp is not None else None
+        g_ent = g_ent.reshape(-1, 1).float() if g_ent is not None and g_ent.numel() else None
+        t = ctx.temperature
+        for start, stop in _chunks(flat.shape[0], flat.shape[1]):
+            z = _scaled(flat[start:stop], t)
+            p = torch.exp(z - lse_all[start:stop, None])
+            gz = torch.zeros_like(z)
+            if g_logp is not None:
+                g = g_logp[start:stop]
+                gz = torch.addcmul(gz, p, g, value=-1.0).scatter_add_(-1, lab[start:stop], g)
+            if g_ent is not None:
+                expected_z = (p * z).sum(-1, keepdim=True)
+                gz = gz.addcmul_(p * (z - expected_z), g_ent[start:stop], value=-1.0)
+            grad[start:stop] = gz / t if t != 1.0 else gz
+        return grad.view_as(logits), None, None, None
+
+
+def _chunks(rows: int, vocab: int):
+    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    for start in range(0, rows, step):
+        yield start, min(start + step, rows)
+
+
+def _scaled(part: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = part.float()
+    return z / temperature if temperature != 1.0 else z
+
+
+def token_logprobs_and_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, *, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs of ``labels``, entropy) under ``softmax(logits / temperature)``.
+
+    logits: [..., V] finite, any float dtype (computed in float32); labels: [...] int64.
+    Returns two [...] float32 tensors (entropy None when not asked), differentiable (once) with
+    respect to ``logits``; an output left out of the loss costs nothing in backward.
+    """
+    logp, ent = _LogprobEntropy.apply(logits, labels, temperature, entropy)
+    return logp, ent if entropy else None
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Log-probs of ``labels`` under ``softmax(logits / temperature)``.
 
     logits: [B, T, V] (any float dtype; computed in float32); labels: [B, T] int64 → [B, T] float32.
     """
-    out = []
-    for start in range(0, logits.shape[0], chunk_rows):
-        part = logits[start : start + chunk_rows].float()
-        if temperature != 1.0:
-            part = part / temperature
-        picked = torch.gather(part, -1, labels[start : start + chunk_rows, :, None]).squeeze(-1)
-        out.append(picked - torch.logsumexp(part, dim=-1))
-    return torch.cat(out, dim=0)
+    return token_logprobs_and_entropy(logits, labels, temperature, entropy=False)[0]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -61,23 +126,32 @@ def response_logprobs(
     keys = torch.cat([ids[:, :prompt_len], mask[:, :prompt_len]], dim=1)
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
     if prompt_len > 0 and len(unique) < len(keys):
-        logits = _shared_prompt_logits(
+        pieces = _shared_prompt_logits(
             model, unique[:, :prompt_len], unique[:, prompt_len:], inverse, ids, mask
         )
     else:
-        logits = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids_from_mask(mask),
-            logits_to_keep=used + 1,
-            use_cache=False,
-        ).logits[:, :-1]
-    labels = ids[:, prompt_len:]
-    logprobs = _pad_columns(token_logprobs(logits, labels, temperature), response_len)
+        pieces = [
+            model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids_from_mask(mask),
+                logits_to_keep=used + 1,
+                use_cache=False,
+            ).logits[:, :-1]
+        ]
+    labels, outs, col = ids[:, prompt_len:], [], 0
+    for logits in pieces:  # column blocks of the response, scored without concatenating logits
+        width = logits.shape[1]
+        outs.append(
+            token_logprobs_and_entropy(
+                logits, labels[:, col : col + width], temperature, entropy=with_entropy
+            )
+        )
+        col += width
+    logprobs = _pad_columns(torch.cat([lp for lp, _ in outs], dim=1), response_len)
     if not with_entropy:
         return logprobs
-    scaled = logits if temperature == 1.0 else logits.float() / temperature
-    return logprobs, _pad_columns(entropy_from_logits(scaled), response_len)
+    return logprobs, _pad_columns(torch.cat([e for _, e in outs], dim=1), response_len)
 
 
 def _shared_prompt_logits(
@@ -87,10 +161,10 @@ def _shared_prompt_logits(
     inverse: torch.Tensor,
     ids: torch.Tensor,
     mask: torch.Tensor,
-) -> torch.Tensor:
-    """[B, R, V] logits predicting each row's R response tokens, running each of the U unique
-    prompts ([U, P]) once; ``inverse`` [B] maps rows to their prompt. The last response token is
-    never an input (nothing after it is scored)."""
+) -> list[torch.Tensor]:
+    """Logits predicting each row's R response tokens, as column blocks [B, 1, V] and
+    [B, R - 1, V], running each of the U unique prompts ([U, P]) once; ``inverse`` [B] maps rows
+    to their prompt. The last response token is never an input (nothing after it is scored)."""
     prompt_len = prompt_ids.shape[1]
     prompt_out = model(
         input_ids=prompt_ids,
@@ -101,7 +175,7 @@ def _shared_prompt_logits(
     )
     first = prompt_out.logits[inverse]  # [B, 1, V]: predicts each row's first response token
     if ids.shape[1] - prompt_len == 1:
-        return first
+        return [first]
     cache = prompt_out.cache
     cache.reorder_cache(inverse)  # index_select per layer: differentiable, grads sum per prompt
     response_out = model(
@@ -111,7 +185,7 @@ def _shared_prompt_logits(
         cache=cache,
         use_cache=True,
     )
-    return torch.cat([first, response_out.logits], dim=1)
+    return [first, response_out.logits]
 
 
 def _used_columns(response_attention: torch.Tensor) -> int:

@@ -28,7 +28,7 @@ def make_cfg(name: str) -> RLVRConfig:
             "data": {"arithmetic": {"max_operand": 4}},
             "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 3},
             "algo": {"name": name, "kl_coef": 0.05, "entropy_coef": 0.01},
-            "train": {"lr": 2e-2},
+            "train": {"lr": 1e-3},
             "critic": {"lr": 1e-2},
         }
     )

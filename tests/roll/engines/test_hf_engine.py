@@ -35,7 +35,7 @@ def test_token_logprobs_equals_log_softmax() -> None:
     torch.manual_seed(0)
     logits, labels = torch.randn(5, 7, 11), torch.randint(0, 11, (5, 7))
     expected = torch.log_softmax(logits / 0.7, -1).gather(-1, labels[..., None])[..., 0]
-    torch.testing.assert_close(token_logprobs(logits, labels, 0.7, chunk_rows=2), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(token_logprobs(logits, labels, 0.7), expected, atol=1e-6, rtol=0)
 
 
 def test_generate_with_stop_string_masks_the_tail() -> None:

@@ -62,3 +62,37 @@ def test_matches_full_forward_with_gradients(group: int, longest: int) -> None:
     logp_only = response_logprobs(model, ids, mask, RESPONSE, 0.7)
     assert logp_only.shape == (len(ids), RESPONSE)
     assert (logp_only[:, longest:] == 0).all()  # columns past the longest response are not computed
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk_elements", [11 * 3, 1 << 22])  # 3 rows a chunk, or all rows at once
+def test_fused_logprob_entropy_values_and_gradients(temperature, chunk_elements, monkeypatch) -> None:
+    import roll.engines.logprobs as lp
+
+    monkeypatch.setattr(lp, "CHUNK_ELEMENTS", chunk_elements)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5, 11, generator=gen, dtype=torch.float64).float().requires_grad_()
+    labels = torch.randint(0, 11, (4, 5), generator=gen)
+    g_lp, g_ent = torch.randn(4, 5, generator=gen), torch.randn(4, 5, generator=gen)
+
+    logp, ent = lp.token_logprobs_and_entropy(logits, labels, temperature)
+    (logp * g_lp + ent * g_ent).sum().backward()
+    fused_grad, logits.grad = logits.grad.clone(), None
+
+    z = logits / temperature
+    ref_lp = torch.log_softmax(z, -1).gather(-1, labels[..., None])[..., 0]
+    ref_ent = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)
+    (ref_lp * g_lp + ref_ent * g_ent).sum().backward()
+    torch.testing.assert_close(logp, ref_lp, atol=5e-6, rtol=0)
+    torch.testing.assert_close(ent, ref_ent, atol=5e-6, rtol=0)
+    torch.testing.assert_close(fused_grad, logits.grad, atol=5e-6, rtol=0)
+
+    # only the log-probs in the loss (entropy reported, as with entropy_coef 0)
+    logits.grad = None
+    logp, _ = lp.token_logprobs_and_entropy(logits, labels, temperature)
+    (logp * g_lp).sum().backward()
+    only_lp, logits.grad = logits.grad.clone(), None
+    (
+        torch.log_softmax(logits / temperature, -1).gather(-1, labels[..., None])[..., 0] * g_lp
+    ).sum().backward()
+    torch.testing.assert_close(only_lp, logits.grad, atol=5e-6, rtol=0)
