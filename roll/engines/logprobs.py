@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
+from transformers import DynamicCache
 
 CHUNK_ELEMENTS = 1 << 22  # float32 values per chunk (16 MB): chunk rows = this // vocabulary
 
@@ -114,11 +115,13 @@ def response_logprobs(
     Returns [B, R] float32 (values at padded response positions are meaningless; mask them), and
     with ``with_entropy`` also the [B, R] entropy of the policy at each position.
 
-    Two savings, neither of which changes the math (tests/roll/engines/test_logprobs.py):
+    Three savings, none of which changes the math (tests/roll/engines/test_logprobs.py):
     - response columns after the longest response (all padding) are not computed (zeros);
     - rows that share a prompt (a GRPO group) run it once: the unique prompts go through the
       model first, their KV cache is expanded to every row, and only the responses are run on top
-      of it. Gradients of the shared prompt sum over the rows, as in separate forwards.
+      of it. Gradients of the shared prompt sum over the rows, as in separate forwards;
+    - on top of that cache, responses run in buckets of similar length, each as wide as its
+      longest row, so most right padding is never computed either.
     """
     prompt_len = input_ids.shape[1] - response_len
     used = _used_columns(attention_mask[:, prompt_len:])
@@ -126,66 +129,109 @@ def response_logprobs(
     keys = torch.cat([ids[:, :prompt_len], mask[:, :prompt_len]], dim=1)
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
     if prompt_len > 0 and len(unique) < len(keys):
-        pieces = _shared_prompt_logits(
-            model, unique[:, :prompt_len], unique[:, prompt_len:], inverse, ids, mask
+        logprobs, entropy = _shared_prompt_scores(
+            model, unique, inverse, ids, mask, prompt_len, temperature, with_entropy
         )
     else:
-        pieces = [
-            model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids_from_mask(mask),
-                logits_to_keep=used + 1,
-                use_cache=False,
-            ).logits[:, :-1]
-        ]
-    labels, outs, col = ids[:, prompt_len:], [], 0
-    for logits in pieces:  # column blocks of the response, scored without concatenating logits
-        width = logits.shape[1]
-        outs.append(
-            token_logprobs_and_entropy(
-                logits, labels[:, col : col + width], temperature, entropy=with_entropy
-            )
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            logits_to_keep=used + 1,
+            use_cache=False,
+        ).logits[:, :-1]
+        logprobs, entropy = token_logprobs_and_entropy(
+            logits, ids[:, prompt_len:], temperature, entropy=with_entropy
         )
-        col += width
-    logprobs = _pad_columns(torch.cat([lp for lp, _ in outs], dim=1), response_len)
+    logprobs = _pad_columns(logprobs, response_len)
     if not with_entropy:
         return logprobs
-    return logprobs, _pad_columns(torch.cat([e for _, e in outs], dim=1), response_len)
+    return logprobs, _pad_columns(entropy, response_len)
 
 
-def _shared_prompt_logits(
+def length_buckets(lengths: list[int], max_buckets: int = 4, overhead: int = 64) -> list[tuple[int, int]]:
+    """Cut rows sorted by decreasing length into at most ``max_buckets`` contiguous [start, stop)
+    runs, each padded to its first (longest) row, minimising padded tokens + ``overhead`` tokens
+    per run (a forward's fixed cost). Exact dynamic programme; rows are few."""
+    n = len(lengths)
+    inf = float("inf")
+    best = [[inf] * (max_buckets + 1) for _ in range(n + 1)]  # best[i][k]: rows [0, i) in k runs
+    cut = [[0] * (max_buckets + 1) for _ in range(n + 1)]
+    best[0][0] = 0
+    for i in range(1, n + 1):
+        for k in range(1, max_buckets + 1):
+            for start in range(i):
+                cost = best[start][k - 1] + (i - start) * lengths[start] + overhead
+                if cost < best[i][k]:
+                    best[i][k], cut[i][k] = cost, start
+    k = min(range(1, max_buckets + 1), key=lambda m: best[n][m]) if n else 0
+    runs, stop = [], n
+    while k:
+        start = cut[stop][k]
+        runs.append((start, stop))
+        stop, k = start, k - 1
+    return runs[::-1]
+
+
+def _shared_prompt_scores(
     model: torch.nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
+    unique: torch.Tensor,
     inverse: torch.Tensor,
     ids: torch.Tensor,
     mask: torch.Tensor,
-) -> list[torch.Tensor]:
-    """Logits predicting each row's R response tokens, as column blocks [B, 1, V] and
-    [B, R - 1, V], running each of the U unique prompts ([U, P]) once; ``inverse`` [B] maps rows
-    to their prompt. The last response token is never an input (nothing after it is scored)."""
-    prompt_len = prompt_ids.shape[1]
+    prompt_len: int,
+    temperature: float,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, R] log-probs (and entropy) of each row's R response tokens, running each of the U unique
+    prompts (``unique`` [U, 2P]: ids then mask) once; ``inverse`` [B] maps rows to their prompt.
+
+    The responses run on top of the prompts' KV cache in buckets of rows of similar length
+    (:func:`length_buckets`), each only as wide as its longest response, so right padding is
+    mostly not computed. The last response token is never an input (nothing after it is scored).
+    """
     prompt_out = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position_ids_from_mask(prompt_mask),
+        input_ids=unique[:, :prompt_len],
+        attention_mask=unique[:, prompt_len:],
+        position_ids=position_ids_from_mask(unique[:, prompt_len:]),
         logits_to_keep=1,
         use_cache=True,
     )
-    first = prompt_out.logits[inverse]  # [B, 1, V]: predicts each row's first response token
-    if ids.shape[1] - prompt_len == 1:
-        return [first]
-    cache = prompt_out.cache
-    cache.reorder_cache(inverse)  # index_select per layer: differentiable, grads sum per prompt
-    response_out = model(
-        input_ids=ids[:, prompt_len:-1],
-        attention_mask=mask[:, :-1],
-        position_ids=position_ids_from_mask(mask)[:, prompt_len:-1],
-        cache=cache,
-        use_cache=True,
+    labels = ids[:, prompt_len:]
+    # the prompt's last position predicts every row's first response token
+    first = token_logprobs_and_entropy(
+        prompt_out.logits[inverse], labels[:, :1], temperature, entropy=with_entropy
     )
-    return [first, response_out.logits]
+    rest = labels.shape[1] - 1
+    if rest == 0:
+        return first
+    layers = [(layer.keys, layer.values) for layer in prompt_out.cache.layers]
+    lengths = mask[:, prompt_len:].sum(-1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    positions = position_ids_from_mask(mask)
+    blocks_lp, blocks_ent = [], []
+    for start, stop in length_buckets(sorted_lengths):
+        rows = order[start:stop]
+        width = max(int(sorted_lengths[start]) - 1, 1)  # inputs: response tokens 0 .. len-2
+        # per-row copies of the prompt cache (index_select: gradients sum per prompt)
+        cache = DynamicCache(ddp_cache_data=[(k[inverse[rows]], v[inverse[rows]]) for k, v in layers])
+        out = model(
+            input_ids=ids[rows, prompt_len : prompt_len + width],
+            attention_mask=mask[rows, : prompt_len + width],
+            position_ids=positions[rows, prompt_len : prompt_len + width],
+            cache=cache,
+            use_cache=True,
+        )
+        target = labels[rows, 1 : 1 + width]
+        lp, ent = token_logprobs_and_entropy(out.logits, target, temperature, entropy=with_entropy)
+        blocks_lp.append(_pad_columns(lp, rest))
+        blocks_ent.append(_pad_columns(ent, rest) if with_entropy else None)
+    restore = torch.argsort(order)  # sorted position of each original row
+    logprobs = torch.cat([first[0], torch.cat(blocks_lp)[restore]], dim=1)
+    if not with_entropy:
+        return logprobs, None
+    return logprobs, torch.cat([first[1], torch.cat(blocks_ent)[restore]], dim=1)
 
 
 def _used_columns(response_attention: torch.Tensor) -> int:

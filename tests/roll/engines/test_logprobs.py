@@ -96,3 +96,32 @@ def test_fused_logprob_entropy_values_and_gradients(temperature, chunk_elements,
         torch.log_softmax(logits / temperature, -1).gather(-1, labels[..., None])[..., 0] * g_lp
     ).sum().backward()
     torch.testing.assert_close(only_lp, logits.grad, atol=5e-6, rtol=0)
+
+
+def test_length_buckets_minimise_padding_plus_overhead() -> None:
+    import itertools
+    import random
+
+    from roll.engines.logprobs import length_buckets
+
+    def cost(lengths, runs, overhead):
+        return sum((b - a) * lengths[a] + overhead for a, b in runs)
+
+    # two long rows and two short ones: 2 runs cost 20 + 2 + 2 * 1 = 24 (one run: 40 + 1)
+    assert length_buckets([10, 10, 1, 1], max_buckets=4, overhead=1) == [(0, 2), (2, 4)]
+    # a run's fixed cost of 30 makes one run (40 + 30) cheaper than two (22 + 60)
+    assert length_buckets([10, 10, 1, 1], max_buckets=4, overhead=30) == [(0, 4)]
+    assert length_buckets([5], max_buckets=4) == [(0, 1)] and length_buckets([], 4) == []
+    rng = random.Random(0)
+    for _ in range(50):  # optimal among every contiguous partition into <= 3 runs
+        lengths = sorted((rng.randint(1, 32) for _ in range(rng.randint(1, 7))), reverse=True)
+        n, overhead = len(lengths), rng.choice([0, 5, 40])
+        runs = length_buckets(lengths, max_buckets=3, overhead=overhead)
+        assert runs[0][0] == 0 and runs[-1][1] == n and len(runs) <= 3
+        assert all(a[1] == b[0] for a, b in zip(runs, runs[1:], strict=False))
+        best = min(
+            cost(lengths, list(zip((0, *cuts), (*cuts, n), strict=True)), overhead)
+            for k in range(3)
+            for cuts in itertools.combinations(range(1, n), k)
+        )
+        assert cost(lengths, runs, overhead) == best
