@@ -1,4 +1,4 @@
-"""The rollout role: samples completions with per-token log-probs (HF generate engine).
+"""The rollout role: samples completions with per-token log-probs (HF engine or vLLM).
 
 Two ways in: :meth:`RolloutWorker.generate` (SPLIT_BY_DP, a whole batch over every rank) and
 :meth:`RolloutWorker.generate_chunk`, which the rollout scheduler (schedulers/) calls on one rank

@@ -40,8 +40,8 @@ class RolloutConfig(ConfigBase):
     stop: list[str] = Field(default_factory=list, description="Stop strings (kept in the output).")
     engine: Literal["hf", "vllm"] = Field(
         "hf",
-        description="Inference backend: 'hf' (HF generate, CPU and GPU) or 'vllm' (GPU hosts with the "
-        "vllm extra: pip install -e '.[vllm]').",
+        description="Inference backend: 'hf' (transformers model, roll's decode loop; CPU and GPU) "
+        "or 'vllm' (GPU hosts with the vllm extra: pip install -e '.[vllm]').",
     )
     max_prompt_tokens: int = Field(256, ge=1, description="Prompt-length budget (device planning).")
     groups_per_chunk: int | None = Field(

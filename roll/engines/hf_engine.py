@@ -59,7 +59,7 @@ def response_lengths(
 
 
 class HFInferEngine:
-    """Samples from ``model`` with HF generate (KV cache, batched)."""
+    """Samples from a transformers causal LM with its own batched decode loop (KV cache)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, role: str = "rollout") -> None:
         self.model = model.eval()
