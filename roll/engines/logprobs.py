@@ -52,10 +52,11 @@ class _LogprobEntropy(torch.autograd.Function):
         for start, stop in _chunks(flat.shape[0], flat.shape[1]):
             z = _scaled(flat[start:stop], t)
             p = torch.exp(z - lse_all[start:stop, None])
-            gz = torch.zeros_like(z)
             if g_logp is not None:
                 g = g_logp[start:stop]
-                gz = torch.addcmul(gz, p, g, value=-1.0).scatter_add_(-1, lab[start:stop], g)
+                gz = (p * -g).scatter_add_(-1, lab[start:stop], g)
+            else:
+                gz = torch.zeros_like(z)
             if g_ent is not None:
                 expected_z = (p * z).sum(-1, keepdim=True)
                 gz = gz.addcmul_(p * (z - expected_z), g_ent[start:stop], value=-1.0)
