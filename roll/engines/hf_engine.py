@@ -18,6 +18,7 @@ import torch
 
 from roll.devices.offload import OffloadManager
 from roll.engines.base import GenerationOutput, SamplingParams
+from roll.engines.fast_decode import LeanDecoder
 from roll.engines.logprobs import position_ids_from_mask, token_logprobs
 from roll.engines.sampling import sample_next
 from roll.engines.weights import load_numpy_state
@@ -61,8 +62,20 @@ def response_lengths(
 class HFInferEngine:
     """Samples from a transformers causal LM with its own batched decode loop (KV cache)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, role: str = "rollout") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        role: str = "rollout",
+        *,
+        lean: bool = True,
+        track_offload: bool = True,
+    ) -> None:
+        """``lean``: decode with :class:`~roll.engines.fast_decode.LeanDecoder` when the model
+        supports it (same logits, a fraction of the Python per step). ``track_offload``: False
+        when another engine in this process owns the model's offload (a fused actor+rollout)."""
         self.model = model.eval()
+        self.lean = LeanDecoder.build(model) if lean else None
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -72,7 +85,8 @@ class HFInferEngine:
             eos_list.append(tokenizer.eos_token_id)
         self.eos_ids = sorted(set(eos_list))
         self.offloader = OffloadManager(role, self.device)
-        self.offloader.track_module("model", model)
+        if track_offload:
+            self.offloader.track_module("model", model)
 
     @torch.no_grad()
     def generate(
@@ -84,6 +98,7 @@ class HFInferEngine:
         """Sample one response per prompt. ``should_abort`` is polled between decode steps; once
         it returns True generation stops and every unfinished row ends with reason "abort"."""
         self.offloader.require_active("generate")
+        self.model.eval()  # a fused actor's model comes back from train_step in train mode
         input_ids, attention_mask = left_pad(prompt_ids, self.pad_id)
         response, logprobs, aborted = self._decode(
             input_ids.to(self.device), attention_mask.to(self.device), params, should_abort
@@ -119,7 +134,11 @@ class HFInferEngine:
         temperature = params.temperature if params.temperature > 0 else 1.0
         response = torch.full((batch, params.max_new_tokens), self.pad_id, dtype=torch.long)
         logprobs = torch.zeros((batch, params.max_new_tokens), dtype=torch.float32)
-        logits, cache = self._prefill(input_ids, attention_mask)
+        lean = self.lean
+        if lean is not None:
+            logits, cache = self._lean_prefill(input_ids, attention_mask, params.max_new_tokens)
+        else:
+            logits, cache = self._prefill(input_ids, attention_mask)
         rows = torch.arange(batch)  # original index of each row still decoding
         mask = attention_mask
         positions = position_ids_from_mask(attention_mask)[:, -1]
@@ -147,9 +166,15 @@ class HFInferEngine:
                 keep = (~done).nonzero().squeeze(-1)
                 rows, keep = rows[keep], keep.to(self.device)
                 tokens, mask, positions = tokens[keep], mask[keep], positions[keep]
-                cache.batch_select_indices(keep)
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                if lean is not None:
+                    cache.select(keep)
+                else:
+                    cache.batch_select_indices(keep)
             positions = positions + 1
+            if lean is not None:
+                logits = lean.step(cache, tokens, positions)
+                continue
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             out = self.model(
                 input_ids=tokens[:, None],
                 attention_mask=mask,
@@ -178,6 +203,18 @@ class HFInferEngine:
         cache = out.cache
         cache.reorder_cache(inverse)  # unique rows come sorted: expand and restore the order
         return out.logits[inverse, -1, :], cache
+
+    def _lean_prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+    ) -> tuple[torch.Tensor, Any]:
+        """:meth:`_prefill` on the lean decoder: each distinct prompt once, then expanded."""
+        keys = torch.cat([input_ids, attention_mask], dim=1)
+        unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        width = input_ids.shape[1]
+        ids, mask = unique[:, :width], unique[:, width:]
+        state, logits = self.lean.prefill(ids, mask, position_ids_from_mask(mask), max_new_tokens)
+        state.expand(inverse)
+        return logits[inverse], state
 
     def update_weights(self, state: dict[str, np.ndarray]) -> int:
         self.offloader.require_active("update_weights")
