@@ -55,6 +55,7 @@ class LongTailRolloutWorker(RolloutWorker):
     def __init__(self, rank: int, world_size: int, role: str, *, step_s: float, **kwargs: Any) -> None:
         super().__init__(rank, world_size, role, **kwargs)
         self.engine.eos_ids = [self.engine.model.config.vocab_size + 1]  # never sampled
+        self.engine.lean = None  # paced by a hook on the HF forward, which lean decode skips
         self.engine.model.register_forward_pre_hook(lambda *_: time.sleep(step_s))
 
     @register(Dispatch.RANK_ZERO)

@@ -33,6 +33,7 @@ class PacedRolloutWorker(RolloutWorker):
         super().__init__(rank, world_size, role, **kwargs)
         self.engine.eos_ids = [self.engine.model.config.vocab_size + 1]  # an id it never samples
         if step_s:
+            self.engine.lean = None  # paced by a hook on the HF forward, which lean decode skips
             self.engine.model.register_forward_pre_hook(lambda *_: time.sleep(step_s))
 
 
