@@ -200,7 +200,8 @@ def run_roll(w: Workload, folder: Path, chat: bool, dtype: str, steps: int, out_
         "data": {"name": "jsonl", "path": str(data_file), "chat_template": chat, "shuffle": False},
         "roles": {
             "actor": {"devices": [0], "threads": threads},
-            "rollout": {"devices": {"colocate_with": "actor"}, "threads": threads},
+            # one process: the rollout samples from the actor's own weights (no sync, no switch)
+            "rollout": {"devices": {"colocate_with": "actor", "same_process": True}, "threads": threads},
             "reference": {"devices": {"colocate_with": "actor"}, "threads": threads},
         },
         "rollout": {"prompts_per_step": w.prompts, "group_size": w.group, "max_new_tokens": w.max_new_tokens},

@@ -60,6 +60,11 @@ class RolloutWorker(Worker):
             self.engine = HFInferEngine(net, self.tokenizer, role)
         self.policy_version = -1  # no weights from the actor yet (also after a restart by Ray)
 
+    @property
+    def infer_engine(self) -> HFInferEngine | VLLMInferEngine:
+        """The engine that generates (a fused actor+rollout worker's is not ``self.engine``)."""
+        return self.engine
+
     @register(Dispatch.SPLIT_BY_DP)
     def generate(self, batch: Batch) -> Batch:
         """batch.non_tensors["prompt_ids"]: token id lists; meta: "sampling" (SamplingParams) and
@@ -100,12 +105,13 @@ class RolloutWorker(Worker):
         params: SamplingParams = batch.meta["sampling"]
         width: int = batch.meta["prompt_width"]
         prompts = batch.non_tensors["prompt_ids"]
-        if isinstance(self.engine, HFInferEngine):  # vLLM aborts through its own request ids
-            out = self.engine.generate(prompts, params, should_abort=should_abort)
+        engine = self.infer_engine
+        if isinstance(engine, HFInferEngine):  # vLLM aborts through its own request ids
+            out = engine.generate(prompts, params, should_abort=should_abort)
         else:
-            out = self.engine.generate(prompts, params)
+            out = engine.generate(prompts, params)
         rows, r_max = len(prompts), params.max_new_tokens
-        pad = self.engine.pad_id
+        pad = engine.pad_id
         response = torch.full((rows, r_max), pad, dtype=torch.long)
         resp_mask = torch.zeros((rows, r_max), dtype=torch.bool)
         logprobs = torch.zeros((rows, r_max), dtype=torch.float32)
@@ -138,7 +144,7 @@ class RolloutWorker(Worker):
     def update_weights(self, refs: list, version: int = 0) -> int:
         """Load the actor's weights from the object store ([ref] from publish_weights); they are
         policy ``version`` (the actor's optimizer steps so far, counted in training steps)."""
-        moved = self.engine.update_weights(ray.get(refs[0]))
+        moved = self.infer_engine.update_weights(ray.get(refs[0]))
         self.policy_version = version
         return moved
 

@@ -139,6 +139,14 @@ class AgenticConfig(ConfigBase):
 
     @model_validator(mode="after")
     def _check(self) -> AgenticConfig:
+        for role in ("actor", "rollout", "reference", "environment"):
+            devices = getattr(self.roles, role).devices
+            if isinstance(devices, ColocateWith) and devices.same_process:
+                raise ValueError(
+                    f"roles.{role}.devices.same_process: the agentic pipeline runs every role in "
+                    "its own processes; remove same_process (the rlvr pipeline supports it for "
+                    "the rollout)"
+                )
         if self.model.source == "hf" and self.model.path:
             folder = Path(self.model.path).expanduser()
             if not (folder / "config.json").is_file():

@@ -252,6 +252,7 @@ class RLVRConfig(ConfigBase):
                 )
         if self.critic.engine != "torch":
             raise ValueError("critic.engine: only 'torch' is supported for the critic so far; remove it")
+        self._check_same_process()
         if self.rollout.async_ratio > 0:
             if isinstance(self.roles.rollout.devices, ColocateWith):
                 raise ValueError(
@@ -274,6 +275,38 @@ class RLVRConfig(ConfigBase):
                 f"{batch} (rollout.prompts_per_step × rollout.group_size); pick a divisor"
             )
         return self
+
+    def _check_same_process(self) -> None:
+        for role in ("reference", "critic", "reward"):
+            devices = getattr(self.roles, role).devices
+            if isinstance(devices, ColocateWith) and devices.same_process:
+                raise ValueError(
+                    f"roles.{role}.devices.same_process: only the rollout can share the actor's "
+                    "process; remove same_process there"
+                )
+        devices = self.roles.rollout.devices
+        if not (isinstance(devices, ColocateWith) and devices.same_process):
+            return
+        problems = []
+        if devices.colocate_with != "actor":
+            problems.append(f"colocate_with: actor (not {devices.colocate_with!r})")
+        if self.rollout.engine != "hf":
+            problems.append("rollout.engine: hf (vLLM runs its own copy of the weights)")
+        if self.train.engine != "torch":
+            problems.append("train.engine: torch (DeepSpeed ZeRO partitions the weights)")
+        if self.train.lora is not None:
+            problems.append("no train.lora")
+        if problems:
+            raise ValueError(
+                "roles.rollout.devices.same_process: true needs " + ", ".join(problems)
+                + "; change those or set same_process: false"
+            )
+
+    @property
+    def rollout_in_actor(self) -> bool:
+        """The rollout role runs inside the actor's workers (roles.rollout same_process)."""
+        devices = self.roles.rollout.devices
+        return isinstance(devices, ColocateWith) and devices.same_process
 
     @property
     def old_logprobs_in_train_step(self) -> bool:

@@ -40,6 +40,7 @@ from roll.models.sources import prepare_model_source
 from roll.tracking import ConsoleProgress
 from schedulers.rollout_scheduler import RolloutFailed, RolloutScheduler, SchedulerSettings
 from workers.actor import ActorWorker
+from workers.actor_rollout import SHARED_WEIGHTS, ActorRolloutWorker
 from workers.critic import CriticWorker
 from workers.reference import ReferenceWorker
 from workers.reward import RewardWorker
@@ -71,9 +72,17 @@ class ColocationSwitch:
     transition raises there, or earlier from the work call that needed the role active.
     """
 
-    def __init__(self, groups: dict[str, WorkerGroup], ctx: RunContext) -> None:
-        shared = {name for roles in ctx.plan.device_groups().values() if len(roles) > 1 for name in roles}
-        self.groups = {name: g for name, g in groups.items() if name in shared}
+    def __init__(
+        self, groups: dict[str, WorkerGroup], ctx: RunContext, aliases: dict[str, str] | None = None
+    ) -> None:
+        # aliases: role -> the role whose processes it runs in (roles.<role>.devices.same_process)
+        self.aliases = aliases or {}
+        shared = set()
+        for roles in ctx.plan.device_groups().values():
+            processes = {self.aliases.get(name, name) for name in roles}
+            if len(processes) > 1:
+                shared |= processes
+        self.groups = {name: g for name, g in groups.items() if name in shared and name not in self.aliases}
         self.pending: dict[str, GroupFuture] = {}
         self.moved: dict[str, int] = {}
         self.reported = 0
@@ -82,6 +91,7 @@ class ColocationSwitch:
 
     @contextmanager
     def active(self, role: str) -> Iterator[None]:
+        role = self.aliases.get(role, role)
         group = self.groups.get(role)
         if group is not None:
             group.reload.future()
@@ -135,7 +145,7 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
     groups = {
         "actor": group(
             "actor",
-            ActorWorker,
+            ActorRolloutWorker if cfg.rollout_in_actor else ActorWorker,
             model=cfg.model,
             train=cfg.train,
             loss_params=cfg.algo.actor_loss_params(cfg.rollout.max_new_tokens),
@@ -143,7 +153,12 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
             total_optimizer_steps=total_opt_steps,
             seed=cfg.seed,
         ),
-        "rollout": group(
+        "reward": group("reward", RewardWorker, reward=cfg.reward, imports=cfg.imports),
+    }
+    if cfg.rollout_in_actor:  # the actor's processes serve the rollout's calls too
+        groups["rollout"] = groups["actor"]
+    else:
+        groups["rollout"] = group(
             "rollout",
             RolloutWorker,
             model=cfg.model,
@@ -153,9 +168,7 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
             colocated=len(plan.roles_on(plan.roles["rollout"].devices[0])) > 1
             if plan.roles["rollout"].devices
             else False,
-        ),
-        "reward": group("reward", RewardWorker, reward=cfg.reward, imports=cfg.imports),
-    }
+        )
     if "critic" in cfg.active_roles:
         groups["critic"] = group(
             "critic",
@@ -334,6 +347,9 @@ def sync_weights(
     groups: dict[str, WorkerGroup], switch: ColocationSwitch, scheduler: RolloutScheduler, version: int
 ) -> None:
     """Actor weights → rollout workers, as policy ``version`` (training steps done so far)."""
+    if groups["rollout"] is groups["actor"]:  # same processes: only the version is news
+        scheduler.update_weights(SHARED_WEIGHTS, version)
+        return
     with switch.active("actor"):
         refs = groups["actor"].publish_weights()
     with switch.active("rollout"):
@@ -358,7 +374,7 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
     tokenizer = load_tokenizer(cfg.model)
     sampler = PromptSampler(load_rows(cfg.data), seed=cfg.seed, shuffle=cfg.data.shuffle)
     groups = start_workers(cfg, ctx)
-    switch = ColocationSwitch(groups, ctx)
+    switch = ColocationSwitch(groups, ctx, aliases={"rollout": "actor"} if cfg.rollout_in_actor else None)
     kl_ctl = make_kl_controller(cfg)
     start_step = load_checkpoint(ctx, groups, sampler, kl_ctl) if ctx.resume_from else 0
     scheduler = make_scheduler(cfg, groups, sampler, tokenizer)
@@ -431,7 +447,7 @@ def run_rlvr(cfg: RLVRConfig, ctx: RunContext) -> None:
     ctx.summary.update(
         final_metrics=metrics, summary_line=summary_line, seconds=time.perf_counter() - run_start
     )
-    for group in groups.values():
+    for group in {id(g): g for g in groups.values()}.values():
         group.kill()
 
 

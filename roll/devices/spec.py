@@ -41,6 +41,15 @@ class ColocateWith(BaseModel):
             "devices of its own (directly or through its own colocate_with)."
         ),
     )
+    same_process: bool = Field(
+        default=False,
+        description=(
+            "Run this role inside the target role's worker processes instead of its own: the "
+            "rollout then samples from the actor's own weights (one copy, no weight sync, no "
+            "offload switch between them). Pipelines say which roles support it (RLVR: the "
+            "rollout with colocate_with: actor, the HF engine and the torch train engine)."
+        ),
+    )
 
 
 class RolePlacement(BaseModel):

@@ -171,15 +171,19 @@ class LeanDecoder:
             k = k * cos + _rotate_half(k) * sin
             state.keys[i][:, :, start:stop] = k
             state.values[i][:, :, start:stop] = v
-            attn = F.scaled_dot_product_attention(
-                q,
-                state.keys[i][:, :, :stop],
-                state.values[i][:, :, :stop],
-                attn_mask=mask,
-                scale=self.scale,
-                enable_gqa=self.kv_heads != self.heads,
-            )
-            h = h + F.linear(attn.transpose(1, 2).reshape(b, s, -1), p.o_w, p.o_b)
+            keys, values = state.keys[i][:, :, :stop], state.values[i][:, :, :stop]
+            if s == 1:  # one query per row: grouped heads as a batched matmul (sdpa's dispatch
+                # costs more than the math at decode sizes); mask is the additive [B, 1, 1, T]
+                qg = q.reshape(b, self.kv_heads, -1, self.head_dim)
+                scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(self.scale) + mask
+                probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+                attn = torch.matmul(probs, values).reshape(b, 1, -1)
+            else:
+                attn = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.kv_heads != self.heads
+                )
+                attn = attn.transpose(1, 2).reshape(b, s, -1)
+            h = h + F.linear(attn, p.o_w, p.o_b)
             x = _rms(h, p.ln2, p.eps2)
             mlp = F.silu(F.linear(x, p.gate, p.gate_b)) * F.linear(x, p.up, p.up_b)
             h = h + F.linear(mlp, p.down, p.down_b)
@@ -223,7 +227,9 @@ class LeanDecoder:
         state.valid[:, col] = True
         h = F.embedding(tokens[:, None], self.embed)
         cos, sin = self._rope(positions[:, None], h.dtype)
-        mask = state.valid[:, None, None, : col + 1]
+        valid = state.valid[:, None, None, : col + 1]
+        mask = torch.zeros(valid.shape, dtype=torch.float32, device=h.device)
+        mask.masked_fill_(~valid, float("-inf"))
         h = self._layers(h, state, col, cos, sin, mask)
         state.length = col + 1
         return self._logits(h[:, 0])

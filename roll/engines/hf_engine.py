@@ -147,7 +147,8 @@ class HFInferEngine:
         steps, aborted = 0, False
         for t in range(params.max_new_tokens):
             tokens = sample_next(logits, params.temperature, params.top_k, params.top_p)
-            picked = token_logprobs(logits[:, None, :], tokens[:, None], temperature)[:, 0]
+            z = logits.float() / temperature if temperature != 1.0 else logits.float()
+            picked = z.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
             tokens_cpu = tokens.cpu()
             response[rows, t] = tokens_cpu
             logprobs[rows, t] = picked.float().cpu()
