@@ -153,24 +153,33 @@ def response_logprobs(
 def length_buckets(lengths: list[int], max_buckets: int = 4, overhead: int = 64) -> list[tuple[int, int]]:
     """Cut rows sorted by decreasing length into at most ``max_buckets`` contiguous [start, stop)
     runs, each padded to its first (longest) row, minimising padded tokens + ``overhead`` tokens
-    per run (a forward's fixed cost). Exact dynamic programme; rows are few."""
+    per run (a forward's fixed cost). Exact dynamic programme over the rows where the length
+    changes: a run that starts inside a block of equal lengths can take the rest of the block
+    from the run before it at no extra padding, so some optimal cut uses block starts only (a
+    response has at most max_new_tokens distinct lengths, so this stays small for any batch)."""
     n = len(lengths)
+    if n == 0:
+        return []
+    points = [i for i in range(n) if i == 0 or lengths[i] != lengths[i - 1]] + [n]
     inf = float("inf")
-    best = [[inf] * (max_buckets + 1) for _ in range(n + 1)]  # best[i][k]: rows [0, i) in k runs
-    cut = [[0] * (max_buckets + 1) for _ in range(n + 1)]
+    m = len(points)
+    best = [[inf] * (max_buckets + 1) for _ in range(m)]  # best[j][k]: rows [0, points[j]) in k runs
+    cut = [[0] * (max_buckets + 1) for _ in range(m)]
     best[0][0] = 0
-    for i in range(1, n + 1):
+    for j in range(1, m):
+        i = points[j]
         for k in range(1, max_buckets + 1):
-            for start in range(i):
-                cost = best[start][k - 1] + (i - start) * lengths[start] + overhead
-                if cost < best[i][k]:
-                    best[i][k], cut[i][k] = cost, start
-    k = min(range(1, max_buckets + 1), key=lambda m: best[n][m]) if n else 0
-    runs, stop = [], n
+            for s in range(j):
+                start = points[s]
+                cost = best[s][k - 1] + (i - start) * lengths[start] + overhead
+                if cost < best[j][k]:
+                    best[j][k], cut[j][k] = cost, s
+    k = min(range(1, max_buckets + 1), key=lambda b: best[m - 1][b])
+    runs, j = [], m - 1
     while k:
-        start = cut[stop][k]
-        runs.append((start, stop))
-        stop, k = start, k - 1
+        s = cut[j][k]
+        runs.append((points[s], points[j]))
+        j, k = s, k - 1
     return runs[::-1]
 
 

