@@ -26,10 +26,11 @@ class SampleState(enum.Enum):
 
     @property
     def terminal(self) -> bool:
-        return self in TERMINAL
+        return self._name_ in _TERMINAL_NAMES  # by name: an Enum's own __hash__ is Python code
 
 
 TERMINAL = frozenset({SampleState.DONE, SampleState.ABORTED, SampleState.FAILED})
+_TERMINAL_NAMES = frozenset(s.name for s in TERMINAL)
 LIVE = [SampleState.QUEUED, SampleState.GENERATING, SampleState.REWARDING, SampleState.READY]
 
 # live state -> live states it may move to (terminal states are reachable from every live state,
@@ -85,7 +86,7 @@ class SampleLedger:
                 raise LifecycleError(f"sample {sid}: {rec.state.value} -> {state.value} is not allowed")
             if state is SampleState.DONE and rec.state is not SampleState.READY:
                 raise LifecycleError(f"sample {sid}: only a ready sample can be done ({rec.state.value})")
-            rec.seconds[rec.state.value] += now - rec.since
+            rec.seconds[rec.state._value_] += now - rec.since
             if state is SampleState.QUEUED and rec.state is not SampleState.QUEUED:
                 rec.attempts += 1
             rec.state, rec.since = state, now

@@ -9,8 +9,9 @@
     metrics = fut.get()                               # collects when asked
     a, b = wait_all([fut1, fut2])                     # several groups at once
 
-Every ``@register``-ed worker method becomes a :class:`GroupMethod` attribute. Only object refs and
-data cross to the workers: Batch chunks and large shared arguments are ``ray.put`` once. Failures
+Every ``@register``-ed worker method becomes a :class:`GroupMethod` attribute. An argument that
+several ranks receive (a broadcast Batch, a large shared value) is ``ray.put`` once and sent by
+reference; one that a single rank receives (a data-parallel chunk) travels with its call. Failures
 in a worker come back as :class:`~roll.errors.WorkerError` naming the role, rank and method, with
 the Ray exception as ``__cause__``.
 """
@@ -138,7 +139,7 @@ class GroupMethod:
 
         For schedulers that route work themselves (schedulers/): the ref can be passed to
         ``ray.wait``, ``ray.cancel``, or as an argument of another call (Ray resolves it there).
-        Batches go by object ref; an ``ObjectRef`` argument is passed through unresolved.
+        An ``ObjectRef`` argument is passed through unresolved.
         """
         if not 0 <= rank < self._group.world_size:
             raise ValueError(f"{self._group.role} has ranks 0..{self._group.world_size - 1}, not {rank}")
@@ -254,16 +255,24 @@ class WorkerGroup:
 
     # ------------------------------------------------------------------ calls
     def _submit(self, method: str, plan: CallPlan) -> list[_RankCall]:
-        """Send each rank its arguments; Batches and shared large values go by object ref."""
+        """Send each rank its arguments; values shared by several ranks go by object ref."""
         if self._actors is None:
             raise StateError(
                 f"{self.role} worker group was killed; create a new WorkerGroup to call {method}()"
             )
         refs: dict[int, ray.ObjectRef] = {}  # id(value) -> ref, so a shared value is put once
-        fan_out = len(plan.ranks)
+        # how many ranks receive each argument object: one that goes to several is put in the
+        # object store once; one that goes to a single rank (a data-parallel chunk, a one-rank
+        # call) travels with its call, which Ray inlines when small (no object-store round trip
+        # for the driver) and stores itself when large
+        uses: dict[int, int] = {}
+        for rank in plan.ranks:
+            args, kwargs = plan.calls[rank]
+            for value in (*args, *kwargs.values()):
+                uses[id(value)] = uses.get(id(value), 0) + 1
 
         def by_ref(value: Any) -> Any:
-            if isinstance(value, Batch) or (fan_out > 1 and not _send_inline(value)):
+            if uses[id(value)] > 1 and not _send_inline(value):
                 if id(value) not in refs:
                     refs[id(value)] = ray.put(value)
                 return refs[id(value)]

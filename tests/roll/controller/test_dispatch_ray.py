@@ -201,7 +201,7 @@ def test_custom_split_and_collect(groups: dict[int, WorkerGroup], n: int) -> Non
     assert groups[n].sum_range(5, 6) == 5  # only rank 0 has a non-empty range
 
 
-def test_shared_arguments_are_put_once_and_chunks_once_each(
+def test_shared_arguments_are_put_once_and_chunks_travel_with_their_calls(
     groups: dict[int, WorkerGroup], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     puts: list[type] = []
@@ -211,9 +211,11 @@ def test_shared_arguments_are_put_once_and_chunks_once_each(
     assert group.describe(batch) == ["Batch:6"] * 3  # workers get the Batch, not a ref
     assert puts == [Batch]
     puts.clear()
-    group.double(batch)
-    assert puts == [Batch] * 3
-    puts.clear()
+    assert group.double(batch).equal(expected_double(batch))
+    assert puts == []  # each rank's chunk goes inline with its call (Ray stores big ones itself)
+    big = sample_batch(20000)  # ~660 KB: past the size Ray inlines
+    assert group.double(big).equal(expected_double(big))
+    assert puts == []
     assert group.describe("short") == ["str:5"] * 3
     assert puts == []
 
