@@ -133,6 +133,7 @@ class LeanDecoder:
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.scale = self.head_dim**-0.5
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary cos/sin by position
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> LeanDecoder | None:
@@ -140,15 +141,22 @@ class LeanDecoder:
 
     # ------------------------------------------------------------------ the forward pieces
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, 1, S, D] for positions [B, S] (the model's rotary module's formula)."""
-        inv = self.rotary.inv_freq.to(torch.float32)
-        freqs = positions[..., None].to(torch.float32) * inv
-        emb = torch.cat((freqs, freqs), dim=-1)
-        scaling = float(getattr(self.rotary, "attention_scaling", 1.0))
-        cos, sin = emb.cos(), emb.sin()
-        if scaling != 1.0:
-            cos, sin = cos * scaling, sin * scaling
-        return cos.to(dtype)[:, None], sin.to(dtype)[:, None]
+        """cos, sin [B, 1, S, D] for positions [B, S] (the model's rotary module's formula, over a
+        table of every position so far: the same float ops, computed once)."""
+        need = int(positions.max()) + 1
+        inv = self.rotary.inv_freq
+        if self._table is None or self._table[0].shape[0] < need or self._table[0].device != inv.device:
+            size = max(need, 2 * self._table[0].shape[0] if self._table else 64)
+            span = torch.arange(size, device=inv.device)
+            freqs = span[:, None].to(torch.float32) * inv.to(torch.float32)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            scaling = float(getattr(self.rotary, "attention_scaling", 1.0))
+            cos, sin = emb.cos(), emb.sin()
+            if scaling != 1.0:
+                cos, sin = cos * scaling, sin * scaling
+            self._table = (cos, sin)
+        cos, sin = self._table
+        return cos[positions].to(dtype)[:, None], sin[positions].to(dtype)[:, None]
 
     def _layers(
         self,

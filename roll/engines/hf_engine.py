@@ -125,9 +125,9 @@ class HFInferEngine:
     ) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The decode loop: ([B, R] sampled ids, [B, R] float32 log-probs, aborted).
 
-        A row leaves the batch (and the KV cache) as soon as it emits EOS or a stop string, so
-        finished rows cost nothing (HF generate keeps decoding them as padding until the last
-        row ends). Each distinct prompt is prefilled once and its cache expanded to its rows.
+        A row that emits EOS or a stop string is finished; finished rows leave the batch (and the
+        KV cache) once they are half of it (HF generate keeps decoding them as padding until the
+        last row ends). Each distinct prompt is prefilled once and its cache expanded to its rows.
         Log-probs are of the sampled token under softmax(raw logits / temperature).
         """
         batch = input_ids.shape[0]
@@ -139,7 +139,8 @@ class HFInferEngine:
             logits, cache = self._lean_prefill(input_ids, attention_mask, params.max_new_tokens)
         else:
             logits, cache = self._prefill(input_ids, attention_mask)
-        rows = torch.arange(batch)  # original index of each row still decoding
+        rows = torch.arange(batch)  # original index of each row in the decoding batch
+        live = torch.ones(batch, dtype=torch.bool)  # rows of the batch that have not finished
         mask = attention_mask
         positions = position_ids_from_mask(attention_mask)[:, -1]
         eos = torch.tensor(self.eos_ids, dtype=torch.long)
@@ -150,22 +151,27 @@ class HFInferEngine:
             z = logits.float() / temperature if temperature != 1.0 else logits.float()
             picked = z.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
             tokens_cpu = tokens.cpu()
-            response[rows, t] = tokens_cpu
-            logprobs[rows, t] = picked.float().cpu()
+            alive = live.nonzero().squeeze(-1)
+            targets = rows[alive]
+            response[targets, t] = tokens_cpu[alive]
+            logprobs[targets, t] = picked.float().cpu()[alive]
             steps = t + 1
-            done = torch.isin(tokens_cpu, eos)
+            done = torch.isin(tokens_cpu, eos) & live
             if params.stop:
-                tails = response[rows, max(0, steps - window) : steps].tolist()
+                tails = response[targets, max(0, steps - window) : steps].tolist()
                 texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-                done |= torch.tensor([any(s in text for s in params.stop) for text in texts])
-            if steps == params.max_new_tokens or bool(done.all()):
+                done[alive] |= torch.tensor([any(s in text for s in params.stop) for text in texts])
+            live &= ~done
+            if steps == params.max_new_tokens or not bool(live.any()):
                 break
             if should_abort is not None and should_abort():
                 aborted = True
                 break
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(-1)
-                rows, keep = rows[keep], keep.to(self.device)
+            # finished rows leave the batch and the KV cache once they are half of it: until then
+            # they decode along (ignored), which costs less than copying the cache each time
+            if 2 * int((~live).sum()) >= len(live):
+                keep = live.nonzero().squeeze(-1)
+                rows, live, keep = rows[keep], live[keep], keep.to(self.device)
                 tokens, mask, positions = tokens[keep], mask[keep], positions[keep]
                 if lean is not None:
                     cache.select(keep)
