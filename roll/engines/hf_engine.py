@@ -219,7 +219,9 @@ class HFInferEngine:
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
         width = input_ids.shape[1]
         ids, mask = unique[:, :width], unique[:, width:]
-        state, logits = self.lean.prefill(ids, mask, position_ids_from_mask(mask), max_new_tokens)
+        state, logits = self.lean.prefill(
+            ids, mask, position_ids_from_mask(mask), max_new_tokens, decode_rows=input_ids.shape[0]
+        )
         state.expand(inverse)
         return logits[inverse], state
 

@@ -128,3 +128,37 @@ def test_unsupported_models_keep_the_hf_forward() -> None:
     lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     assert "LoRA" in unsupported_reason(lora.base_model.model)
     assert LeanDecoder.build(lora.base_model.model) is None
+
+
+def test_bf16_packed_weights_decode_exactly_like_plain_ones(monkeypatch) -> None:
+    """bf16 on CPU: decode steps run on oneDNN-packed weights (bitwise the plain matmul's result)
+    with float32 attention; the logits stay within bf16 rounding of the HF bf16 forward."""
+    model, tok = tiny("llama", num_heads=4, num_kv_heads=2)
+    model = model.to(torch.bfloat16)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    engine = HFInferEngine(model, tok)
+    assert engine.lean is not None and engine.lean.can_pack() == torch.backends.mkldnn.is_available()
+    torch.manual_seed(3)
+    packed = engine.generate(prompts, params)
+    monkeypatch.setattr(LeanDecoder, "can_pack", lambda self: False)
+    engine.lean.unpack()
+    torch.manual_seed(3)
+    plain = engine.generate(prompts, params)
+    assert torch.equal(packed.response_ids, plain.response_ids)
+    assert torch.equal(packed.logprobs, plain.logprobs)
+    gen = torch.Generator().manual_seed(4)
+    cont = torch.randint(1, model.config.vocab_size, (len(PROMPTS), 4), generator=gen)
+    ref = full_forward_logits(model, PROMPTS, cont)
+    monkeypatch.undo()
+    ids, mask = left_pad(PROMPTS, 0)
+    positions = position_ids_from_mask(mask)
+    with torch.no_grad():
+        state, logits = engine.lean.prefill(ids, mask, positions, 4)
+        got = [logits.float()]
+        pos = positions[:, -1]
+        for t in range(3):
+            pos = pos + 1
+            got.append(engine.lean.step(state, cont[:, t], pos).float())
+    scale = ref[:, :4].abs().max()
+    assert (torch.stack(got, 1) - ref[:, :4]).abs().max() <= 0.02 * scale  # bf16: ~3 significant digits
