@@ -41,7 +41,7 @@ from roll.devices.checks import (
 )
 from roll.devices.estimate import RoleNeeds
 from roll.devices.resources import ClusterResources, format_ids
-from roll.devices.spec import RolePlacement
+from roll.devices.spec import ColocateWith, RolePlacement
 from roll.errors import DevicePlanError
 
 # Ray CPUs reserved per worker of a role without devices when cpus_per_worker is not set.
@@ -65,6 +65,7 @@ class RoleAssignment:
             and for roles without devices).
         threads: torch intra-op threads each worker should use.
         needs_device: False for a role without devices.
+        same_process: runs inside its ``colocated_with`` role's workers (no processes of its own).
     """
 
     role: str
@@ -75,6 +76,7 @@ class RoleAssignment:
     gpus_per_worker: float
     threads: int
     needs_device: bool
+    same_process: bool = False
 
     @property
     def num_workers(self) -> int:
@@ -129,7 +131,7 @@ class DevicePlan:
                 a.role,
                 str(a.num_workers),
                 format_ids(a.devices) if a.needs_device else "none (CPU)",
-                a.colocated_with or "-",
+                (a.colocated_with or "-") + (" (same process)" if a.same_process else ""),
                 f"{a.cpus_per_worker:g}",
             ]
             if gpu:
@@ -247,6 +249,7 @@ def build_device_plan(
             gpus_per_worker=_floor(1.0 / share[ids[0]], 4) if (gpu and needs_device) else 0.0,
             threads=placement.threads or max(1, int(derived_threads)),
             needs_device=needs_device,
+            same_process=isinstance(placement.devices, ColocateWith) and placement.devices.same_process,
         )
     raise_if_problems(check_batch_sizes(assignments, dp_batch_sizes or {}, cluster))
     return DevicePlan(cluster=cluster, roles=assignments, cpus_per_device=cpus_per_device, reasons=reasons)

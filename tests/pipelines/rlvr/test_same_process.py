@@ -131,3 +131,12 @@ def test_rollout_sees_each_train_step_and_refuses_an_unannounced_version() -> No
     torch.testing.assert_close(again.tensors["rollout_logprobs"], after, atol=1e-5, rtol=0)
     moved = worker.compute_log_probs(gen.select(*inputs)).tensors["old_logprobs"]
     assert (moved - before).abs().max() > 1e-3  # the training step changed the shared weights
+
+
+def test_roll_plan_says_the_rollout_shares_the_actor_process() -> None:
+    result = run_roll("plan", "configs/quickstart.yaml", SAME)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.lstrip("│ ").startswith("rollout"))
+    assert "actor (same process)" in row
+    reference = next(line for line in result.stdout.splitlines() if line.lstrip("│ ").startswith("reference"))
+    assert "same process" not in reference
