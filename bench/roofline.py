@@ -265,6 +265,21 @@ def bench_ray(parts: list[str]) -> list[tuple[str, float, bool]]:
     return rows
 
 
+def run_as_in_workers() -> None:
+    """Re-run this process with the environment roll's Ray workers get (OpenMP spin, malloc
+    thresholds; roll.jobs.local): glibc reads its malloc settings only at start. Without them
+    the packed decode weights and per-step logits are fresh mmaps, page-faulted on every use
+    (SmolLM2 fp32, 8 rows: 145 -> 182 tok/s here)."""
+    from roll.jobs.local import worker_env_defaults
+
+    wanted = worker_env_defaults()
+    if all(os.environ.get(k) == v for k, v in wanted.items()):
+        return
+    print("re-running with roll's worker environment: " + " ".join(f"{k}={v}" for k, v in wanted.items()))
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -274,6 +289,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[8, 32], help="decode batch sizes")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
+    run_as_in_workers()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     print(f"load average at start: {load_average()}; torch threads {args.threads}", flush=True)

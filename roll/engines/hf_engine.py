@@ -19,7 +19,7 @@ import torch
 from roll.devices.offload import OffloadManager
 from roll.engines.base import GenerationOutput, SamplingParams
 from roll.engines.fast_decode import LeanDecoder
-from roll.engines.logprobs import position_ids_from_mask, token_logprobs
+from roll.engines.logprobs import position_ids_from_mask
 from roll.engines.sampling import sample_next
 from roll.engines.weights import load_numpy_state
 
@@ -100,9 +100,13 @@ class HFInferEngine:
         self.offloader.require_active("generate")
         self.model.eval()  # a fused actor's model comes back from train_step in train mode
         input_ids, attention_mask = left_pad(prompt_ids, self.pad_id)
-        response, logprobs, aborted = self._decode(
-            input_ids.to(self.device), attention_mask.to(self.device), params, should_abort
-        )
+        try:
+            response, logprobs, aborted = self._decode(
+                input_ids.to(self.device), attention_mask.to(self.device), params, should_abort
+            )
+        finally:
+            if self.lean is not None:
+                self.lean.unpack()  # packed weight copies live only while generating
         lengths, reasons = response_lengths(response, set(self.eos_ids), params.stop, self.tokenizer)
         if aborted:
             reasons = ["abort" if r == "length" else r for r in reasons]

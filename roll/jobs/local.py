@@ -113,6 +113,12 @@ def _install_stop_handler() -> object | None:
 MALLOC_ENV = (("MALLOC_MMAP_THRESHOLD_", str(256 << 20)), ("MALLOC_TRIM_THRESHOLD_", str(1 << 30)))
 
 
+def worker_env_defaults() -> dict[str, str]:
+    """The OpenMP spin and malloc settings roll's workers run with (a user's own setting wins)."""
+    defaults = (("GOMP_SPINCOUNT", "10000"), ("KMP_BLOCKTIME", "1"), *MALLOC_ENV)
+    return {name: os.environ.get(name, value) for name, value in defaults}
+
+
 def _start_ray(job: LoadedJob) -> bool:
     """Start (or connect to) Ray; returns True when this call started it."""
     if ray.is_initialized():
@@ -128,8 +134,7 @@ def _start_ray(job: LoadedJob) -> bool:
     # every parallel region (measured on the tiny model: a 2-thread decode loop 3x slower with
     # OMP_WAIT_POLICY=PASSIVE). A short spin (libgomp: iterations; Intel OpenMP: ms) keeps both
     # cheap. A user's own OMP_WAIT_POLICY / GOMP_SPINCOUNT / KMP_BLOCKTIME wins.
-    for name, value in (("GOMP_SPINCOUNT", "10000"), ("KMP_BLOCKTIME", "1"), *MALLOC_ENV):
-        env_vars[name] = os.environ.get(name, value)
+    env_vars.update(worker_env_defaults())
     if "OMP_WAIT_POLICY" in os.environ:
         env_vars["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
     env = {"env_vars": env_vars}

@@ -162,3 +162,78 @@ def test_bf16_packed_weights_decode_exactly_like_plain_ones(monkeypatch) -> None
             got.append(engine.lean.step(state, cont[:, t], pos).float())
     scale = ref[:, :4].abs().max()
     assert (torch.stack(got, 1) - ref[:, :4]).abs().max() <= 0.02 * scale  # bf16: ~3 significant digits
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # qwen2: the fused q/k/v projection has biases
+def test_float32_packed_fused_weights_match_plain_ones(arch, monkeypatch) -> None:
+    """float32 on CPU: prefill and decode run on oneDNN-packed copies with q/k/v and gate/up
+    fused (the same to float rounding as the plain matmuls); the copies are dropped after each
+    generate and made again from the current weights at the next one."""
+    model, tok = tiny(arch)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    engine = HFInferEngine(model, tok)
+    assert engine.lean is not None and engine.lean.can_pack()
+    seen: list[set[str]] = []
+    real_step = LeanDecoder.step
+
+    def spy(self, state, tokens, positions):
+        seen.append(set(self.layers[0].packed))
+        return real_step(self, state, tokens, positions)
+
+    monkeypatch.setattr(LeanDecoder, "step", spy)
+    torch.manual_seed(3)
+    packed = engine.generate(prompts, params)
+    assert seen and all(keys == {"qkv", "o", "gate_up", "down"} for keys in seen)
+    assert engine.lean.layers[0].packed == {} and engine.lean._head_packed is None
+    monkeypatch.setattr(LeanDecoder, "can_pack", lambda self: False)
+    torch.manual_seed(3)
+    plain = engine.generate(prompts, params)
+    assert torch.equal(packed.response_ids, plain.response_ids)
+    torch.testing.assert_close(packed.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+    # weights changed in place between two generates: the next one packs the new weights
+    monkeypatch.undo()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data.mul_(1.5)  # through .data: no version bump, so no version check would see it
+    torch.manual_seed(3)
+    after = engine.generate(prompts, params)
+    monkeypatch.setattr(LeanDecoder, "can_pack", lambda self: False)
+    torch.manual_seed(3)
+    expected = engine.generate(prompts, params)
+    assert torch.equal(after.response_ids, expected.response_ids)
+    torch.testing.assert_close(after.logprobs, expected.logprobs, atol=1e-5, rtol=0)
+    assert (after.logprobs - packed.logprobs).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_under_autocast_weights_are_packed_in_bf16_and_decode_like_autocast(monkeypatch) -> None:
+    """float32 master weights under CPU bf16 autocast (a fused actor + rollout): the packed copies
+    are bf16, so decode computes what autocast's F.linear computes (bitwise), not float32."""
+    model, tok = tiny("qwen2")  # with q/k/v biases
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    prompts = [p for p in PROMPTS for _ in range(2)]
+    engine = HFInferEngine(model, tok)
+    dtypes: list[torch.dtype] = []
+    real_step = LeanDecoder.step
+
+    def spy(self, state, tokens, positions):
+        dtypes.append(self._head_packed.dtype)
+        return real_step(self, state, tokens, positions)
+
+    monkeypatch.setattr(LeanDecoder, "step", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(5)
+        packed = engine.generate(prompts, params)
+        monkeypatch.setattr(LeanDecoder, "step", real_step)
+        monkeypatch.setattr(LeanDecoder, "can_pack", lambda self: False)
+        torch.manual_seed(5)
+        plain = engine.generate(prompts, params)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert torch.equal(packed.response_ids, plain.response_ids)
+    assert torch.equal(packed.logprobs, plain.logprobs)
+    monkeypatch.undo()
+    torch.manual_seed(5)
+    full = engine.generate(prompts, params)  # no autocast: float32 throughout
+    assert (full.logprobs - packed.logprobs).abs().max() > 1e-4
