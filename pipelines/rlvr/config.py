@@ -298,7 +298,8 @@ class RLVRConfig(ConfigBase):
             problems.append("no train.lora")
         if problems:
             raise ValueError(
-                "roles.rollout.devices.same_process: true needs " + ", ".join(problems)
+                "roles.rollout.devices.same_process: true needs "
+                + ", ".join(problems)
                 + "; change those or set same_process: false"
             )
 

@@ -28,7 +28,6 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
 
-from roll.controller.batch import Batch
 from roll.controller.dispatch import CallPlan, CollectFn, DispatchSpec, get_dispatch
 from roll.controller.worker import Worker
 from roll.errors import StateError, WorkerError
