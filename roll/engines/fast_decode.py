@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from roll.engines import decode_ext
+
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq does not depend on the length
 
@@ -157,6 +159,7 @@ class LeanDecoder:
     # at each prefill outweigh the faster matmuls (tiny Qwen2, hidden 64, 64 rows x 16 tokens,
     # float32: 20 ms plain vs 30 ms packed).
     pack_min_hidden = 256
+    use_ext = True  # decode steps on packed weights through roll.engines.decode_ext when it builds
 
     def __init__(self, model: torch.nn.Module) -> None:
         cfg, inner = model.config, model.model
@@ -265,7 +268,21 @@ class LeanDecoder:
         """:meth:`_layers` for one token per row on packed weights, with fewer and in-place ops
         (a decode step is ~35 small ops a layer, each a few microseconds): h [B, hidden], cos and
         sin [B, 1, D], mask the additive [B, 1, 1, T]. Rotary runs once over the q and k heads
-        together (element-wise, so the same numbers as one at a time)."""
+        together (element-wise, so the same numbers as one at a time). Runs in C++ where
+        :mod:`roll.engines.decode_ext` builds (the same ATen ops, without Python between them)."""
+        if self.use_ext:
+            ext = decode_ext.load()
+            if ext is not None:
+                L = self.layers
+                return ext.decode_layers(
+                    h, col, cos, sin, mask, self.heads, self.kv_heads, self.head_dim, self.scale,
+                    [p.ln1 for p in L], [p.eps1 for p in L], [p.ln2 for p in L], [p.eps2 for p in L],
+                    [p.packed["qkv"] for p in L], [p.packed_bias["qkv"] for p in L],
+                    [p.packed["o"] for p in L], [p.packed_bias["o"] for p in L],
+                    [p.packed["gate_up"] for p in L], [p.packed_bias["gate_up"] for p in L],
+                    [p.packed["down"] for p in L], [p.packed_bias["down"] for p in L],
+                    state.keys, state.values,
+                )  # fmt: skip
         b = h.shape[0]
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
         qk_heads, half = heads + kv, d // 2
