@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from types import ModuleType
 
 log = logging.getLogger(__name__)
@@ -105,11 +104,10 @@ def load() -> ModuleType | None:
     with _lock:
         if "module" in _state or "error" in _state:
             return _state.get("module")  # type: ignore[return-value]
-        start = time.perf_counter()
         try:
             from torch.utils import cpp_extension
 
-            folder = os.path.join(cpp_extension._get_build_directory(NAME, verbose=False))
+            folder = cpp_extension._get_build_directory(NAME, verbose=False)
             if not os.path.exists(os.path.join(folder, f"{NAME}.so")):
                 print(
                     "roll: building the C++ decode loop once (~40 s on 2 cores; cached in "
@@ -125,7 +123,6 @@ def load() -> ModuleType | None:
             log.warning("roll's C++ decode loop is unavailable, decoding in Python: %s", _state["error"])
             return None
         _state["module"] = module
-        _state["seconds"] = time.perf_counter() - start
         return module
 
 

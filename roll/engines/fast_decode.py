@@ -176,6 +176,7 @@ class LeanDecoder:
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary cos/sin by position
         self._head_packed: torch.Tensor | None = None
         self._head_bias: torch.Tensor | None = None
+        self._ext_args: tuple = ()  # set by pack()
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> LeanDecoder | None:
@@ -273,15 +274,9 @@ class LeanDecoder:
         if self.use_ext:
             ext = decode_ext.load()
             if ext is not None:
-                L = self.layers
                 return ext.decode_layers(
                     h, col, cos, sin, mask, self.heads, self.kv_heads, self.head_dim, self.scale,
-                    [p.ln1 for p in L], [p.eps1 for p in L], [p.ln2 for p in L], [p.eps2 for p in L],
-                    [p.packed["qkv"] for p in L], [p.packed_bias["qkv"] for p in L],
-                    [p.packed["o"] for p in L], [p.packed_bias["o"] for p in L],
-                    [p.packed["gate_up"] for p in L], [p.packed_bias["gate_up"] for p in L],
-                    [p.packed["down"] for p in L], [p.packed_bias["down"] for p in L],
-                    state.keys, state.values,
+                    *self._ext_args, state.keys, state.values,
                 )  # fmt: skip
         b = h.shape[0]
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
@@ -347,19 +342,30 @@ class LeanDecoder:
 
         with torch.no_grad():
             for layer in self.layers:
-                layer.packed = {name: packed(w) for name, (w, _) in layer.fused().items()}
-                layer.packed_bias = {}
+                layer.packed, layer.packed_bias = {}, {}
                 for name, (weights, bias) in layer.fused().items():
+                    layer.packed[name] = packed(weights)
                     fused = _fuse_bias(weights, bias)
                     layer.packed_bias[name] = None if fused is None else fused.to(dtype)
             self._head_packed = packed([self.lm_head])
             self._head_bias = None if self.lm_bias is None else self.lm_bias.detach().to(dtype)
+        # the C++ loop's per-layer arguments, gathered once per pack rather than every step
+        L = self.layers
+        self._ext_args = (
+            [p.ln1 for p in L], [p.eps1 for p in L], [p.ln2 for p in L], [p.eps2 for p in L],
+            *(
+                part
+                for name in ("qkv", "o", "gate_up", "down")
+                for part in ([p.packed[name] for p in L], [p.packed_bias[name] for p in L])
+            ),
+        )  # fmt: skip
 
     def unpack(self) -> None:
         """Drop the packed copies (the next prefill makes new ones where :meth:`can_pack`)."""
         for layer in self.layers:
             layer.packed, layer.packed_bias = {}, {}
-        self._head_packed = None
+        self._head_packed = self._head_bias = None
+        self._ext_args = ()
 
     # ------------------------------------------------------------------ public
     def prefill(
