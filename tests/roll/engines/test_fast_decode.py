@@ -138,6 +138,7 @@ def test_bf16_packed_weights_decode_exactly_like_plain_ones(monkeypatch) -> None
     params = SamplingParams(max_new_tokens=8, temperature=1.0)
     prompts = [p for p in PROMPTS for _ in range(3)]
     engine = HFInferEngine(model, tok)
+    engine.lean.use_ext = False  # the Python loop (test_decode_ext.py checks the C++ one against it)
     assert not engine.lean.can_pack()  # hidden 64: below pack_min_hidden, plain matmuls win
     engine.lean.pack_min_hidden = 0
     assert engine.lean.can_pack() == torch.backends.mkldnn.is_available()
@@ -219,6 +220,7 @@ def test_under_autocast_weights_are_packed_in_bf16_and_decode_like_autocast(monk
     params = SamplingParams(max_new_tokens=8, temperature=1.0)
     prompts = [p for p in PROMPTS for _ in range(2)]
     engine = HFInferEngine(model, tok)
+    engine.lean.use_ext = False  # the Python loop (test_decode_ext.py checks the C++ one against it)
     assert not engine.lean.can_pack()  # hidden 64: below pack_min_hidden, plain matmuls win
     engine.lean.pack_min_hidden = 0
     dtypes: list[torch.dtype] = []
