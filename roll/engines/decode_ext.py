@@ -59,6 +59,12 @@ static at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w, const 
   return stack[0].toTensor();
 }
 
+// fast_decode._linear: over a weight reordered for oneDNN, or a plain one
+static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const Opt& b, bool onednn) {
+  if (onednn) return packed_linear(x, w, b);
+  return at::linear(x.scalar_type() == w.scalar_type() ? x : x.to(w.scalar_type()), w, b);
+}
+
 // ---- element access: float math over float or bf16 storage ----------------------------------
 static inline float ld(const float* p, int64_t i) { return p[i]; }
 static inline float ld(const bf16* p, int64_t i) {
@@ -233,7 +239,7 @@ template <typename T> static T* ptr(const at::Tensor& t) { return reinterpret_ca
 template <typename H, typename X, typename C>
 static at::Tensor run(at::Tensor h, int64_t col, const at::Tensor& cos, const at::Tensor& sin,
                       const at::Tensor& mask, int64_t heads, int64_t kv, int64_t d, double scale,
-                      const std::vector<at::Tensor>& ln1, const std::vector<double>& eps1,
+                      bool onednn, const std::vector<at::Tensor>& ln1, const std::vector<double>& eps1,
                       const std::vector<at::Tensor>& ln2, const std::vector<double>& eps2,
                       const std::vector<at::Tensor>& qkv_w, const std::vector<Opt>& qkv_b,
                       const std::vector<at::Tensor>& o_w, const std::vector<Opt>& o_b,
@@ -254,18 +260,22 @@ static at::Tensor run(at::Tensor h, int64_t col, const at::Tensor& cos, const at
     const int64_t cap = keys.size(2);
     rms_residual<H, X>(ptr<H>(h), delta.defined() ? ptr<X>(delta) : nullptr, ptr<H>(ln1[i]),
                        float(eps1[i]), ptr<X>(x), b, n);
-    at::Tensor qkv = packed_linear(x, qkv_w[i], qkv_b[i]);
+    at::Tensor qkv = linear(x, qkv_w[i], qkv_b[i], onednn);
     rope_cache<X, H, C>(ptr<X>(qkv), ptr<H>(cos), ptr<H>(sin), ptr<float>(q), ptr<C>(keys),
                         ptr<C>(values), b, heads, kv, d, cap, col);
-    auto attend = d == 64 ? attention<64, C, X> : d == 128 ? attention<128, C, X> : attention<0, C, X>;
+    auto attend = d == 64    ? attention<64, C, X>
+                  : d == 128 ? attention<128, C, X>
+                  : d == 32  ? attention<32, C, X>
+                  : d == 16  ? attention<16, C, X>
+                             : attention<0, C, X>;
     attend(ptr<float>(q), ptr<C>(keys), ptr<C>(values), ptr<float>(mask), ptr<X>(attn), b, heads, kv, d,
            cap, t, float(scale));
-    at::Tensor o = packed_linear(attn, o_w[i], o_b[i]);
+    at::Tensor o = linear(attn, o_w[i], o_b[i], onednn);
     rms_residual<H, X>(ptr<H>(h), ptr<X>(o), ptr<H>(ln2[i]), float(eps2[i]), ptr<X>(x), b, n);
-    at::Tensor gu = packed_linear(x, gu_w[i], gu_b[i]);
+    at::Tensor gu = linear(x, gu_w[i], gu_b[i], onednn);
     at::Tensor act = at::empty({b, gu.size(1) / 2}, xopt);
     silu_mul<X>(ptr<X>(gu), ptr<X>(act), b, gu.size(1) / 2);
-    delta = packed_linear(act, down_w[i], down_b[i]);
+    delta = linear(act, down_w[i], down_b[i], onednn);
   }
   if (delta.defined()) h.add_(delta);
   return h;
@@ -273,7 +283,7 @@ static at::Tensor run(at::Tensor h, int64_t col, const at::Tensor& cos, const at
 
 at::Tensor decode_layers(at::Tensor h, int64_t col, const at::Tensor& cos, const at::Tensor& sin,
                          const at::Tensor& mask, int64_t heads, int64_t kv, int64_t d, double scale,
-                         const std::vector<at::Tensor>& ln1, const std::vector<double>& eps1,
+                         bool onednn, const std::vector<at::Tensor>& ln1, const std::vector<double>& eps1,
                          const std::vector<at::Tensor>& ln2, const std::vector<double>& eps2,
                          const std::vector<at::Tensor>& qkv_w, const std::vector<Opt>& qkv_b,
                          const std::vector<at::Tensor>& o_w, const std::vector<Opt>& o_b,
@@ -297,7 +307,7 @@ at::Tensor decode_layers(at::Tensor h, int64_t col, const at::Tensor& cos, const
                     ln2[i].is_contiguous() && keys_cache[i].size(0) == b && keys_cache[i].size(3) == d,
                 "decode_layers: layer ", i, ": norm weights in h's dtype, a [B, kv, T, head_dim] cache");
 #define ROLL_RUN(HT, XT, CT)                                                                        \
-  return run<HT, XT, CT>(h, col, c, s, m, heads, kv, d, scale, ln1, eps1, ln2, eps2, qkv_w, qkv_b, \
+  return run<HT, XT, CT>(h, col, c, s, m, heads, kv, d, scale, onednn, ln1, eps1, ln2, eps2, qkv_w, qkv_b, \
                          o_w, o_b, gu_w, gu_b, down_w, down_b, keys_cache, values_cache, X)
   const bool hf = H == at::kFloat, xf = X == at::kFloat, cf = C == at::kFloat;
   if (hf && xf && cf) ROLL_RUN(float, float, float);

@@ -136,13 +136,22 @@ def _fuse_bias(weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -
     return torch.cat(parts)
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor | None):
-    """F.linear, or oneDNN's linear over a weight packed for it (bf16: bitwise F.linear's result;
-    float32: the same to float rounding, as oneDNN and MKL sum in different orders)."""
+def _linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    packed: torch.Tensor | None,
+    onednn: bool = True,
+):
+    """F.linear, or the linear over a packed weight: reordered for oneDNN (``onednn``; bf16:
+    bitwise F.linear's result; float32: the same to float rounding, as oneDNN and MKL sum in
+    different orders), else a plain fused copy."""
     if packed is None:
         return F.linear(x, weight, bias)
     if x.dtype != packed.dtype:  # under autocast: the weights were packed in autocast's dtype
         x = x.to(packed.dtype)
+    if not onednn:
+        return F.linear(x, packed, bias)
     out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
     return out.view(*x.shape[:-1], out.shape[-1])
 
@@ -155,9 +164,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class LeanDecoder:
     """Prefill and decode steps of a supported model; see the module docstring."""
 
-    # Packing pays from about this hidden size: below it oneDNN's per-call cost and the repack
-    # at each prefill outweigh the faster matmuls (tiny Qwen2, hidden 64, 64 rows x 16 tokens,
-    # float32: 20 ms plain vs 30 ms packed).
+    # Reordering the packed weights for oneDNN pays from about this hidden size: below it
+    # oneDNN's per-call cost and the reorder at each prefill outweigh the faster matmuls (tiny
+    # Qwen2, hidden 64, 64 rows x 16 tokens, float32: 20 ms plain vs 30 ms reordered); smaller
+    # models decode on plain fused copies.
     pack_min_hidden = 256
     use_ext = True  # decode steps on packed weights through roll.engines.decode_ext when it builds
 
@@ -176,6 +186,7 @@ class LeanDecoder:
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary cos/sin by position
         self._head_packed: torch.Tensor | None = None
         self._head_bias: torch.Tensor | None = None
+        self._onednn = False  # the packed copies are reordered for oneDNN (set by pack())
         self._ext_args: tuple = ()  # set by pack()
 
     @classmethod
@@ -220,7 +231,7 @@ class LeanDecoder:
             pk, pb = p.packed, p.packed_bias
             x = _rms(h, p.ln1, p.eps1)
             if pk:
-                qkv = _linear(x, None, pb["qkv"], pk["qkv"])
+                qkv = _linear(x, None, pb["qkv"], pk["qkv"], self._onednn)
                 q, k, v = qkv.split((q_width, kv_width, kv_width), dim=-1)
             else:
                 q, k, v = (
@@ -248,13 +259,14 @@ class LeanDecoder:
                     q.to(keys.dtype), keys, values, attn_mask=mask, scale=self.scale, enable_gqa=gqa
                 )
                 attn = attn.transpose(1, 2).reshape(b, s, -1).to(h.dtype)
-            h = h + _linear(attn, p.o_w, pb.get("o", p.o_b), pk.get("o"))
+            h = h + _linear(attn, p.o_w, pb.get("o", p.o_b), pk.get("o"), self._onednn)
             x = _rms(h, p.ln2, p.eps2)
             if pk:
-                gate, up = _linear(x, None, pb["gate_up"], pk["gate_up"]).chunk(2, dim=-1)
+                gate, up = _linear(x, None, pb["gate_up"], pk["gate_up"], self._onednn).chunk(2, dim=-1)
             else:
                 gate, up = _linear(x, p.gate, p.gate_b, None), _linear(x, p.up, p.up_b, None)
-            h = h + _linear(F.silu(gate) * up, p.down, pb.get("down", p.down_b), pk.get("down"))
+            down_b = pb.get("down", p.down_b)
+            h = h + _linear(F.silu(gate) * up, p.down, down_b, pk.get("down"), self._onednn)
         return h
 
     def _decode_layers(
@@ -277,14 +289,14 @@ class LeanDecoder:
             if ext is not None:
                 return ext.decode_layers(
                     h, col, cos, sin, mask, self.heads, self.kv_heads, self.head_dim, self.scale,
-                    *self._ext_args, state.keys, state.values,
+                    self._onednn, *self._ext_args, state.keys, state.values,
                 )  # fmt: skip
-        b = h.shape[0]
+        b, dnn = h.shape[0], self._onednn
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
         qk_heads, half = heads + kv, d // 2
         for i, p in enumerate(self.layers):
             pk, pb = p.packed, p.packed_bias
-            qkv = _linear(_rms(h, p.ln1, p.eps1), None, pb["qkv"], pk["qkv"]).view(b, qk_heads + kv, d)
+            qkv = _linear(_rms(h, p.ln1, p.eps1), None, pb["qkv"], pk["qkv"], dnn).view(b, qk_heads + kv, d)
             qk = qkv[:, :qk_heads]
             # q * cos + rotate_half(q) * sin (out of place where dtypes promote, as under autocast)
             turned = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
@@ -297,14 +309,15 @@ class LeanDecoder:
             scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(self.scale) + mask
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
             attn = torch.matmul(probs, values).reshape(b, heads * d).to(h.dtype)
-            h = h + _linear(attn, None, pb["o"], pk["o"])
-            gate, up = _linear(_rms(h, p.ln2, p.eps2), None, pb["gate_up"], pk["gate_up"]).chunk(2, dim=-1)
-            h = h + _linear(F.silu(gate).mul_(up), None, pb["down"], pk["down"])
+            h = h + _linear(attn, None, pb["o"], pk["o"], dnn)
+            x = _rms(h, p.ln2, p.eps2)
+            gate, up = _linear(x, None, pb["gate_up"], pk["gate_up"], dnn).chunk(2, dim=-1)
+            h = h + _linear(F.silu(gate).mul_(up), None, pb["down"], pk["down"], dnn)
         return h
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         bias = self.lm_bias if self._head_packed is None else self._head_bias
-        return _linear(_rms(h, self.norm, self.norm_eps), self.lm_head, bias, self._head_packed)
+        return _linear(_rms(h, self.norm, self.norm_eps), self.lm_head, bias, self._head_packed, self._onednn)
 
     def pack_dtype(self) -> torch.dtype | None:
         """The dtype to pack the weights in now (None: keep the plain matmuls). Under CPU autocast
@@ -317,15 +330,18 @@ class LeanDecoder:
         return self.lm_head.dtype
 
     def can_pack(self) -> bool:
-        """float32 or bf16 weights on a CPU with oneDNN: prefill and decode run on copies of the
-        weights packed for oneDNN's kernels, with q/k/v and gate/up fused (SmolLM2, 8 rows, 2-core
-        EPYC: a float32 decode step 88 -> ~45 ms, where MKL's skinny float32 matmuls read weights
-        at ~8 GB/s; bf16 1.6x the plain matmul with AMX)."""
+        """float32 or bf16 weights on CPU: prefill and decode run on packed copies of the weights,
+        q/k/v and gate/up fused, and decode steps through :meth:`_decode_layers`."""
         w = self.lm_head
+        return w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu"
+
+    def onednn(self) -> bool:
+        """The packed copies are also reordered for oneDNN's kernels (from ``pack_min_hidden``, on
+        a torch with oneDNN). SmolLM2, 8 rows, 2-core EPYC: a float32 decode step 88 -> ~45 ms,
+        where MKL's skinny float32 matmuls read weights at ~8 GB/s; bf16 1.6x the plain matmul."""
         return (
-            w.shape[1] >= self.pack_min_hidden
-            and w.dtype in (torch.float32, torch.bfloat16)
-            and w.device.type == "cpu"
+            self.can_pack()
+            and self.lm_head.shape[1] >= self.pack_min_hidden
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         )
@@ -335,11 +351,12 @@ class LeanDecoder:
         the weights, ~5% of a 32-token generate): weights may have changed in place since, and
         not every in-place write (``param.data.copy_``) is visible to a version check."""
         dtype = dtype or self.lm_head.dtype
-        reorder = torch.ops.mkldnn._reorder_linear_weight
+        self._onednn = self.onednn()
 
         def packed(weights: list[torch.Tensor]) -> torch.Tensor:
             w = weights[0].detach() if len(weights) == 1 else torch.cat([x.detach() for x in weights])
-            return reorder(w.to(dtype), rows)
+            w = w.to(dtype)
+            return torch.ops.mkldnn._reorder_linear_weight(w, rows) if self._onednn else w.contiguous()
 
         with torch.no_grad():
             for layer in self.layers:
@@ -366,7 +383,7 @@ class LeanDecoder:
         for layer in self.layers:
             layer.packed, layer.packed_bias = {}, {}
         self._head_packed = self._head_bias = None
-        self._ext_args = ()
+        self._onednn, self._ext_args = False, ()
 
     # ------------------------------------------------------------------ public
     def prefill(

@@ -27,10 +27,12 @@ def tiny_model(arch: str, **shape) -> tuple[torch.nn.Module, object]:
     return load_model_and_tokenizer(cfg)
 
 
-def engine_for(arch: str, dtype: torch.dtype) -> HFInferEngine:
+def engine_for(arch: str, dtype: torch.dtype, onednn: bool = True) -> HFInferEngine:
     model, tok = tiny_model(arch)
     engine = HFInferEngine(model.to(dtype), tok)
-    engine.lean.pack_min_hidden = 0  # the tiny model's hidden 64 would keep the plain matmuls
+    if onednn:  # else the tiny model's hidden 64 keeps plain (fused, not reordered) weights
+        engine.lean.pack_min_hidden = 0
+    assert engine.lean.onednn() == onednn
     return engine
 
 
@@ -67,11 +69,12 @@ def forced_logits(
     return out
 
 
+@pytest.mark.parametrize("onednn", [True, False])  # weights reordered for oneDNN, or plain
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])  # qwen2: q/k/v biases
-def test_cpp_loop_matches_the_python_one_in_float32(arch, monkeypatch) -> None:
+def test_cpp_loop_matches_the_python_one_in_float32(arch, onednn, monkeypatch) -> None:
     monkeypatch.delenv("ROLL_DECODE_EXT", raising=False)
     assert decode_ext.load() is not None, decode_ext.failure()
-    engine = engine_for(arch, torch.float32)
+    engine = engine_for(arch, torch.float32, onednn)
     calls = []
     real = decode_ext.load
     monkeypatch.setattr(decode_ext, "load", lambda: calls.append(1) or real())
@@ -84,6 +87,7 @@ def test_cpp_loop_matches_the_python_one_in_float32(arch, monkeypatch) -> None:
     torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-5, rtol=0)
     ext = forced_logits(engine.lean, PROMPTS, 6, use_ext=True)
     py = forced_logits(engine.lean, PROMPTS, 6, use_ext=False)
+    assert engine.lean._onednn == onednn
     assert torch.equal(ext[0], py[0])  # the prefill is the same code
     for a, b in zip(ext[1:], py[1:], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -94,11 +98,13 @@ def test_cpp_loop_matches_the_python_one_in_float32(arch, monkeypatch) -> None:
     [
         {"hidden_size": 256, "num_heads": 4, "num_kv_heads": 2},  # head size 64 (SmolLM2's)
         {"hidden_size": 384, "num_heads": 3, "num_kv_heads": 1},  # 128, three heads a kv head
+        {"hidden_size": 64, "num_heads": 2, "num_kv_heads": 1},  # 32
         {"hidden_size": 96, "num_heads": 4, "num_kv_heads": 4},  # 24: the any-size loop, no GQA
     ],
 )
 def test_cpp_loop_for_each_head_size(shape) -> None:
-    """The attention loop is compiled for head sizes 64 and 128, and runs any other size too."""
+    """The attention loop is compiled for head sizes 16 (the default tiny model's), 32, 64 and
+    128, and runs any other size too."""
     model, _ = tiny_model("llama", intermediate_size=160, **shape)
     decoder = LeanDecoder(model)
     decoder.pack_min_hidden = 0
@@ -147,12 +153,12 @@ def test_bad_shapes_get_a_clear_error() -> None:
     h, cos = torch.zeros(b, model.config.hidden_size), torch.zeros(b, 1, d)
     with pytest.raises(RuntimeError, match=r"mask \[B, 1, 1, col \+ 1\]"):
         ext.decode_layers(
-            h, 3, cos, cos, torch.zeros(b, 1, 1, 2), decoder.heads, kv, d, 1.0,
+            h, 3, cos, cos, torch.zeros(b, 1, 1, 2), decoder.heads, kv, d, 1.0, True,
             *decoder._ext_args, cache, cache,
         )  # fmt: skip
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         ext.decode_layers(
-            h.double(), 3, cos, cos, torch.zeros(b, 1, 1, 4), decoder.heads, kv, d, 1.0,
+            h.double(), 3, cos, cos, torch.zeros(b, 1, 1, 4), decoder.heads, kv, d, 1.0, True,
             *decoder._ext_args, cache, cache,
         )  # fmt: skip
 

@@ -139,9 +139,9 @@ def test_bf16_packed_weights_decode_exactly_like_plain_ones(monkeypatch) -> None
     prompts = [p for p in PROMPTS for _ in range(3)]
     engine = HFInferEngine(model, tok)
     engine.lean.use_ext = False  # the Python loop (test_decode_ext.py checks the C++ one against it)
-    assert not engine.lean.can_pack()  # hidden 64: below pack_min_hidden, plain matmuls win
+    assert not engine.lean.onednn()  # hidden 64: below pack_min_hidden, plain matmuls win
     engine.lean.pack_min_hidden = 0
-    assert engine.lean.can_pack() == torch.backends.mkldnn.is_available()
+    assert engine.lean.onednn() == torch.backends.mkldnn.is_available()
     torch.manual_seed(3)
     packed = engine.generate(prompts, params)
     monkeypatch.setattr(LeanDecoder, "can_pack", lambda self: False)
@@ -177,9 +177,9 @@ def test_float32_packed_fused_weights_match_plain_ones(arch, monkeypatch) -> Non
     params = SamplingParams(max_new_tokens=8, temperature=1.0)
     prompts = [p for p in PROMPTS for _ in range(3)]
     engine = HFInferEngine(model, tok)
-    assert not engine.lean.can_pack()  # hidden 64: below pack_min_hidden, plain matmuls win
+    assert not engine.lean.onednn()  # hidden 64: below pack_min_hidden, plain matmuls win
     engine.lean.pack_min_hidden = 0
-    assert engine.lean.can_pack()
+    assert engine.lean.onednn()
     seen: list[set[str]] = []
     real_step = LeanDecoder.step
 
@@ -221,7 +221,7 @@ def test_under_autocast_weights_are_packed_in_bf16_and_decode_like_autocast(monk
     prompts = [p for p in PROMPTS for _ in range(2)]
     engine = HFInferEngine(model, tok)
     engine.lean.use_ext = False  # the Python loop (test_decode_ext.py checks the C++ one against it)
-    assert not engine.lean.can_pack()  # hidden 64: below pack_min_hidden, plain matmuls win
+    assert not engine.lean.onednn()  # hidden 64: below pack_min_hidden, plain matmuls win
     engine.lean.pack_min_hidden = 0
     dtypes: list[torch.dtype] = []
     real_step = LeanDecoder.step
