@@ -260,7 +260,7 @@ class RolloutScheduler:
         # calls in order, so a call waiting on a hung generation would block every later one
         chunk.reward_rank = self.next_reward_rank % self.reward.world_size
         self.next_reward_rank += 1
-        chunk.reward_ref = self.reward.compute_rewards.on_rank(chunk.reward_rank, chunk.gen_ref)
+        chunk.reward_ref = self.reward.compute_rewards.on_rank(chunk.reward_rank, _reward_input(chunk))
 
     def _on_scored(self, chunk: Chunk) -> None:
         try:
@@ -271,7 +271,7 @@ class RolloutScheduler:
                 raise RolloutFailed(str(failure)) from err
             chunk.reward_attempts += 1
             chunk.reward_rank = (chunk.reward_rank + 1) % self.reward.world_size
-            chunk.reward_ref = self.reward.compute_rewards.on_rank(chunk.reward_rank, chunk.gen_ref)
+            chunk.reward_ref = self.reward.compute_rewards.on_rank(chunk.reward_rank, _reward_input(chunk))
             return
         except RayError as err:
             self._retry_or_fail(chunk, describe_failure("reward", "compute_rewards", chunk.reward_rank, err))
@@ -426,3 +426,9 @@ class RolloutScheduler:
             elif not keep_scored:
                 self.ready.remove(g)
                 self.ledger.move(g.sample_ids, S.ABORTED, "surplus")
+
+
+def _reward_input(chunk: Chunk) -> Any:
+    """What a reward worker reads of a generated chunk (its texts and dataset rows): sent on its
+    own rather than the whole generated batch, whose token tensors it would only unpickle."""
+    return chunk.generated.select("response_text", "row")

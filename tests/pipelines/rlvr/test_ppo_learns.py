@@ -21,5 +21,8 @@ def test_ppo_with_critic_learns(tmp_path: Path) -> None:
     start, end = sum(reward[:5]) / 5, sum(reward[-10:]) / 10
     assert start < 0.3 and end >= 0.8, (start, end)
     explained = [v for _, v in metrics["critic/explained_variance"]]
-    assert max(explained[-20:]) > 0.2  # the critic learned something about the returns
+    # the critic learned something about the returns: in mid-run it explains a good part of their
+    # variance (near the end it need not: once the policy saturates the returns barely vary)
+    mid = explained[len(explained) // 4 : 3 * len(explained) // 4]
+    assert sum(mid) / len(mid) > 0.2, mid
     assert (run_dir / "checkpoints" / "step_000200" / "critic" / "rank0" / "engine.pt").is_file()
