@@ -6,7 +6,9 @@ Four numbers, each printed with its target and PASS or BELOW:
             limit: each decode step reads every weight once, so at batch B the limit is
             B * copy bandwidth / model bytes. Copy bandwidth counts bytes read + written by a
             large tensor copy (the generous reading, so the limit is high and the share honest).
-            Target: >= 50 % at batch >= 8.
+            Target: >= 50 % at batch >= 8. Also printed: the compute-bound limit (matmul FLOPs
+            per token, 2 * params, at the measured matmul peak) and the share of the roofline,
+            the lower of the two limits: at larger batches a CPU is compute-bound first.
   train     training tokens/s of roll's torch engine (the actor's loss: log-probs, entropy,
             backward, AdamW step) on SmolLM2-135M, as achieved FLOP/s against the measured
             matmul peak of the same dtype. FLOPs count what is computed: 6 * non-embedding
@@ -111,13 +113,18 @@ def chat_prompts(tokenizer, n: int) -> list[list[int]]:
     return out
 
 
-def bench_decode(dtype: str, batches: list[int], bandwidth_gbs: float) -> list[tuple[str, float, bool]]:
+def bench_decode(
+    dtype: str, batches: list[int], bandwidth_gbs: float, peak_gflops: float
+) -> list[tuple[str, float, bool]]:
     """Decode tokens/s = batch * decode steps / (time(33 new tokens) - time(1 new token))."""
     from roll.engines.base import SamplingParams
     from roll.engines.hf_engine import HFInferEngine
 
     model, tokenizer = load_smol(dtype)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # matmul FLOPs a token: every weight but the embedding lookup's (lm_head counted, tied or not)
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    flops_per_token = 2 * sum(p.numel() for p in model.parameters() if p is not embed or p is head)
     engine = HFInferEngine(model, tokenizer)
     engine.eos_ids = []  # no row may finish early: every step decodes the whole batch
     model.generation_config.eos_token_id = None
@@ -135,12 +142,15 @@ def bench_decode(dtype: str, batches: list[int], bandwidth_gbs: float) -> list[t
         steps = widths[33] - 1  # decode steps after the first token (33 unless all rows stopped)
         achieved = batch * steps / (t_long - t_short)
         limit = batch * bandwidth_gbs * 1e9 / model_bytes
+        compute = peak_gflops * 1e9 / flops_per_token
         share = achieved / limit
         ok = share >= TARGETS["decode"]
         print(
             f"decode {dtype} batch {batch}: {achieved:.0f} tok/s, memory-bound limit {limit:.0f} tok/s "
             f"({model_bytes / 1e6:.0f} MB/step at {bandwidth_gbs:.1f} GB/s) = {share:.0%} "
-            f"[target >= {TARGETS['decode']:.0%}] {verdict(ok)}",
+            f"[target >= {TARGETS['decode']:.0%}] {verdict(ok)}; compute-bound limit {compute:.0f} "
+            f"tok/s ({flops_per_token / 1e6:.0f} MFLOP/token at {peak_gflops:.0f} GFLOP/s): "
+            f"{achieved / min(limit, compute):.0%} of the roofline",
             flush=True,
         )
         rows.append((f"decode {dtype} b{batch}", share, ok))
@@ -294,16 +304,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"load average at start: {load_average()}; torch threads {args.threads}", flush=True)
     rows = []
+    peaks: dict[str, float] = {}
+
+    def peak(dtype: str) -> float:
+        if dtype not in peaks:
+            peaks[dtype] = matmul_peak_gflops(TORCH_DTYPES[dtype])
+            print(f"matmul peak {dtype}: {peaks[dtype]:.0f} GFLOP/s", flush=True)
+        return peaks[dtype]
+
     if "decode" in args.parts:
         bandwidth = copy_bandwidth_gbs()
         print(f"copy bandwidth (read + write): {bandwidth:.1f} GB/s", flush=True)
         for dtype in args.dtypes:
-            rows += bench_decode(dtype, args.batches, bandwidth)
+            rows += bench_decode(dtype, args.batches, bandwidth, peak(dtype))
     if "train" in args.parts:
         for dtype in args.dtypes:
-            peak = matmul_peak_gflops(TORCH_DTYPES[dtype])
-            print(f"matmul peak {dtype}: {peak:.0f} GFLOP/s", flush=True)
-            rows += bench_train(dtype, peak)
+            rows += bench_train(dtype, peak(dtype))
     if {"dispatch", "sync"} & set(args.parts):
         rows += bench_ray(args.parts)
     print(f"load average at end: {load_average()}")

@@ -35,7 +35,7 @@ from roll.algos import kl_penalty
 from roll.algos.registry import compute_advantages
 from roll.algos.token_advantages import clip_advantages
 from roll.config.registry import register_pipeline
-from roll.controller import Batch, GroupFuture, WorkerGroup
+from roll.controller import Batch, GroupFuture, WorkerGroup, start_groups
 from roll.envs.trajectory import pack_trajectories
 from roll.jobs.checkpoint import CheckpointWriter, read_json, write_json
 from roll.jobs.local import RunContext
@@ -105,7 +105,11 @@ def start_workers(cfg: AgenticConfig, ctx: RunContext) -> dict[str, WorkerGroup]
     def group(role: str, cls: type, **kwargs: Any) -> WorkerGroup:
         threads = {"threads": plan.roles[role].threads} if role != "environment" else {}
         return WorkerGroup(
-            cls, role=role, actor_options=ctx.placement.actor_options(role), init_kwargs={**threads, **kwargs}
+            cls,
+            role=role,
+            actor_options=ctx.placement.actor_options(role),
+            init_kwargs={**threads, **kwargs},
+            wait=False,  # every role's processes start at once (start_groups below)
         )
 
     temp = cfg.rollout.temperature
@@ -134,6 +138,7 @@ def start_workers(cfg: AgenticConfig, ctx: RunContext) -> dict[str, WorkerGroup]
             micro_batch_size=cfg.train.micro_batch_size,
             seed=cfg.seed,
         )
+    start_groups(groups.values())
     if groups["actor"].world_size > 1:
         groups["actor"].init_distributed(groups["actor"].rendezvous_address())
     return groups

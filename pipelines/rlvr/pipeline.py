@@ -30,7 +30,7 @@ from roll.algos.registry import compute_advantages
 from roll.algos.reward_shaping import overlong_penalty
 from roll.algos.token_advantages import clip_advantages
 from roll.config.registry import register_pipeline
-from roll.controller import Batch, GroupFuture, WorkerGroup
+from roll.controller import Batch, GroupFuture, WorkerGroup, start_groups
 from roll.data import PromptSampler, load_rows
 from roll.engines.base import SamplingParams
 from roll.jobs.checkpoint import CheckpointWriter, read_json, write_json
@@ -139,6 +139,7 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
             role=role,
             actor_options=options,
             init_kwargs={"threads": plan.roles[role].threads, **kwargs} if role != "reward" else kwargs,
+            wait=False,  # every role's processes start at once (start_groups below)
         )
 
     temp = cfg.rollout.temperature
@@ -188,6 +189,7 @@ def start_workers(cfg: RLVRConfig, ctx: RunContext) -> dict[str, WorkerGroup]:
             micro_batch_size=cfg.train.micro_batch_size,
             seed=cfg.seed,
         )
+    start_groups(groups.values())
     if groups["actor"].world_size > 1:
         groups["actor"].init_distributed(groups["actor"].rendezvous_address())
     return groups

@@ -12,6 +12,7 @@ from roll.controller.group import (
     GroupMethod,
     WorkerGroup,
     describe_failure,
+    start_groups,
     wait_all,
 )
 from roll.controller.worker import Worker
@@ -29,5 +30,6 @@ __all__ = [
     "describe_failure",
     "get_dispatch",
     "register",
+    "start_groups",
     "wait_all",
 ]

@@ -177,6 +177,7 @@ class WorkerGroup:
         init_kwargs: dict[str, Any] | None = None,
         name_prefix: str | None = None,
         start_timeout_s: float | None = 300.0,
+        wait: bool = True,
     ) -> None:
         if not (inspect.isclass(worker_cls) and issubclass(worker_cls, Worker)):
             raise TypeError(f"WorkerGroup needs a roll.controller.Worker subclass, got {worker_cls!r}")
@@ -188,7 +189,19 @@ class WorkerGroup:
         self._actors: list[ray.actor.ActorHandle] | None = []
         self._methods = self._expose_methods(worker_cls)
         self._actors = self._create_actors(actor_options, init_kwargs or {}, name_prefix)
-        self._wait_until_alive(start_timeout_s, actor_options)
+        self._starting: tuple[float | None, list[dict[str, Any]]] | None = (start_timeout_s, actor_options)
+        if wait:
+            self.wait_until_alive()
+
+    def wait_until_alive(self) -> WorkerGroup:
+        """Block until every actor has finished its constructor (done by the constructor unless
+        ``wait=False``, which lets several groups start at once: see :func:`start_groups`; the
+        first call on the group waits too). Raises ``WorkerError`` as the constructor would."""
+        if self._starting is not None:
+            timeout, options = self._starting
+            self._starting = None
+            self._wait_until_alive(timeout, options)
+        return self
 
     # ------------------------------------------------------------------ construction
     def _expose_methods(self, worker_cls: type[Worker]) -> dict[str, GroupMethod]:
@@ -255,6 +268,8 @@ class WorkerGroup:
     # ------------------------------------------------------------------ calls
     def _submit(self, method: str, plan: CallPlan) -> list[_RankCall]:
         """Send each rank its arguments; values shared by several ranks go by object ref."""
+        if self._starting is not None and self._actors is not None:
+            self.wait_until_alive()
         if self._actors is None:
             raise StateError(
                 f"{self.role} worker group was killed; create a new WorkerGroup to call {method}()"
@@ -400,3 +415,17 @@ def _death_reason(err: RayActorError, max_chars: int = 240) -> str:
         return text or "the actor process exited"
     cut = text.rfind(". ", 0, max_chars)
     return (text[: cut + 1] if cut > 0 else text[:max_chars] + "...") + " (more in the cause)"
+
+
+def start_groups(groups: Iterable[WorkerGroup]) -> None:
+    """Wait for groups made with ``wait=False`` (each role's processes import torch and build
+    their model at the same time instead of one role after another). If one fails to start,
+    every group is killed and its ``WorkerError`` raised."""
+    unique = list({id(g): g for g in groups}.values())
+    try:
+        for group in unique:
+            group.wait_until_alive()
+    except BaseException:
+        for group in unique:
+            group.kill()
+        raise

@@ -22,6 +22,7 @@ from roll.controller import (
     Worker,
     WorkerGroup,
     register,
+    start_groups,
     wait_all,
 )
 from roll.errors import StateError, WorkerError
@@ -267,6 +268,26 @@ def test_constructor_failure_names_role_and_reason(ray_session: None) -> None:
         WorkerError, match="broken worker rank 0 failed to start.*RuntimeError: no model here"
     ):
         WorkerGroup(BrokenWorker, role="broken", actor_options=[ACTOR])
+
+
+def test_groups_start_together_and_one_that_fails_takes_the_others_down(ray_session: None) -> None:
+    """wait=False: the constructors run while the driver creates the next group; start_groups
+    waits for all, and when one fails every group is killed (no half-started job left)."""
+    echo = WorkerGroup(EchoWorker, role="early", actor_options=[ACTOR], wait=False)
+    assert echo.whoami()[0][2] == "early"  # the first call waits for the start on its own
+    fine = WorkerGroup(EchoWorker, role="fine", actor_options=[ACTOR], wait=False)
+    broken = WorkerGroup(BrokenWorker, role="broken", actor_options=[ACTOR], wait=False)
+    with pytest.raises(WorkerError, match="broken worker rank 0 failed to start.*no model here"):
+        start_groups([echo, fine, broken, fine])
+    for group in (echo, fine, broken):
+        assert "killed" in repr(group) and group.actors == []
+    with pytest.raises(StateError, match="was killed"):
+        fine.whoami()
+    ok = [WorkerGroup(EchoWorker, role=f"ok{i}", actor_options=[ACTOR], wait=False) for i in range(2)]
+    start_groups(ok)
+    assert [g.whoami()[0][2] for g in ok] == ["ok0", "ok1"]
+    for group in ok:
+        group.kill()
 
 
 def test_unplaceable_worker_times_out_with_a_hint(ray_session: None) -> None:
