@@ -126,3 +126,41 @@ def test_length_buckets_minimise_padding_plus_overhead() -> None:
             for cuts in itertools.combinations(range(1, n), k)
         )
         assert cost(lengths, runs, overhead) == best
+
+
+def test_bf16_training_pass_on_math_attention_matches_float32() -> None:
+    """A bf16 training pass on CPU runs attention on the math kernel (the flash backward is the
+    slow one in bf16): left-padded prompts (query rows with no valid key) stay finite, and the
+    log-probs and gradients match the float32 full forward to bf16 rounding."""
+    from roll.engines import logprobs as lp_mod
+
+    tok = build_tokenizer("digits")
+    model = build_tiny_model(TinyModelConfig(vocab="digits"), tok).train()
+    ids, mask = grouped_batch(len(tok), 4, RESPONSE)
+    resp_mask = mask[:, PROMPT:].float()
+    chosen = []
+    real = lp_mod._attention_backend
+    lp_mod_backend = lambda m: chosen.append(real(m)) or chosen[-1]  # noqa: E731
+
+    def run(fn, autocast: bool):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logp = fn()
+        (logp * resp_mask).sum().backward()
+        return logp.detach() * resp_mask, [p.grad.clone() for p in model.parameters()]
+
+    try:
+        lp_mod._attention_backend = lp_mod_backend
+        got = run(lambda: response_logprobs(model, ids, mask, RESPONSE, 1.0), autocast=True)
+    finally:
+        lp_mod._attention_backend = real
+    assert chosen and type(chosen[0]).__name__ != "nullcontext"  # the math kernel was asked for
+    want = run(lambda: full_forward(model, ids, mask, 1.0)[0], autocast=False)
+    assert torch.isfinite(got[0]).all() and all(torch.isfinite(g).all() for g in got[1])
+    torch.testing.assert_close(got[0], want[0], atol=0.05, rtol=0.02)
+    for g, w in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(g, w, atol=0.05, rtol=0.05)
+    # forward-only passes and float32 keep the default kernels
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(real(model)).__name__ == "nullcontext"
+    assert type(real(model)).__name__ == "nullcontext"
