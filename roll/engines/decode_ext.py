@@ -29,7 +29,7 @@ from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-VERSION = "roll_decode_v3"  # bump when SOURCE changes in a way the build cache would not notice
+VERSION = "roll_decode_v4"  # bump when SOURCE changes in a way the build cache would not notice
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math"]
 
 SOURCE = r"""
@@ -59,9 +59,143 @@ static at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w, const 
   return stack[0].toTensor();
 }
 
-// fast_decode._linear: over a weight reordered for oneDNN, or a plain one
-static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const Opt& b, bool onednn) {
-  if (onednn) return packed_linear(x, w, b);
+// ---- bf16 linear on AMX tiles ----------------------------------------------------------------
+// oneDNN's bf16 matmul at decode sizes (8 rows) reads weights at 13-21 GB/s here, much of it
+// per-call cost; these tiles stream them at 26-39 GB/s, with the same sums in the same order
+// (tdpbf16ps over 32-wide k steps, float32 accumulators, bias added in float32, rounded once to
+// bf16 nearest-even), so the result is bitwise oneDNN's (tests/roll/engines/test_decode_ext.py).
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+bool amx_available() {  // the kernel asks Linux for the tile state once (ARCH_REQ_XCOMP_PERM)
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  return ok;
+}
+
+// W [N, K] -> bf16 [N' / 16, K' / 2, 16, 2], N and K padded with zeros to multiples of 16 and
+// 32: for each block of 16 output columns, k pairs of the 16 columns side by side (the B-tile
+// layout, 1 KB a tile)
+at::Tensor pack_amx(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2, "pack_amx: a [N, K] weight");
+  at::Tensor w = weight.to(at::kBFloat16);
+  const int64_t pad_n = (16 - w.size(0) % 16) % 16, pad_k = (32 - w.size(1) % 32) % 32;
+  if (pad_n || pad_k) w = at::constant_pad_nd(w, {0, pad_k, 0, pad_n});
+  w = w.contiguous();
+  const int64_t N = w.size(0), K = w.size(1);
+  at::Tensor out = at::empty({N / 16, K / 2, 16, 2}, w.options());
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(w.data_ptr());
+  uint16_t* d = reinterpret_cast<uint16_t*>(out.data_ptr());
+  at::parallel_for(0, N / 16, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t c = 0; c < 16; ++c) {
+        const uint16_t* row = s + (b * 16 + c) * K;
+        uint16_t* col = d + b * 16 * K + c * 2;
+        for (int64_t kp = 0; kp < K / 2; ++kp) {
+          col[kp * 32] = row[2 * kp];
+          col[kp * 32 + 1] = row[2 * kp + 1];
+        }
+      }
+  });
+  return out;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette, start;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// out[r, 16b .. 16(b+nb)) for blocks b0..b1 and row chunks of `rows` (x padded to whole chunks):
+// tiles 0-3 accumulate four column blocks, 4 holds x's k step, 5-7 the weights' B tiles
+static void amx_blocks(const uint16_t* x, int64_t m, int64_t rows, int64_t K, const uint16_t* w,
+                       int64_t b0, int64_t b1, const float* bias, uint16_t* out, int64_t N) {
+  // N: the output's true width (the last block may be partly padding)
+  TileConfig cfg{};
+  cfg.palette = 1;
+  for (int t = 0; t < 5; ++t) cfg.rows[t] = uint8_t(rows), cfg.colsb[t] = 64;
+  for (int t = 5; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+  _tile_loadconfig(&cfg);
+  alignas(64) float acc[16 * 64];
+  const int64_t block = 16 * K;  // uint16 values per packed column block
+  for (int64_t b = b0; b < b1; b += 4) {
+    const int64_t nb = std::min<int64_t>(4, b1 - b);
+    const uint16_t* wb = w + b * block;
+    for (int64_t r0 = 0; r0 < m; r0 += rows) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      const uint16_t* xr = x + r0 * K;
+      for (int64_t k = 0; k < K; k += 32) {
+        _tile_loadd(4, xr + k, K * 2);
+        const uint16_t* wk = wb + k * 16;
+        _tile_loadd(5, wk, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        if (nb > 1) { _tile_loadd(6, wk + block, 64); _tile_dpbf16ps(1, 4, 6); }
+        if (nb > 2) { _tile_loadd(7, wk + 2 * block, 64); _tile_dpbf16ps(2, 4, 7); }
+        if (nb > 3) { _tile_loadd(5, wk + 3 * block, 64); _tile_dpbf16ps(3, 4, 5); }
+      }
+      _tile_stored(0, acc, 256);
+      if (nb > 1) _tile_stored(1, acc + 16, 256);
+      if (nb > 2) _tile_stored(2, acc + 32, 256);
+      if (nb > 3) _tile_stored(3, acc + 48, 256);
+      const int64_t valid = std::min<int64_t>(rows, m - r0);
+      for (int64_t j = 0; j < nb; ++j) {
+        const int64_t col = (b + j) * 16, lanes = std::min<int64_t>(16, N - col);
+        const __mmask16 keep = __mmask16((1u << lanes) - 1u);
+        const __m512 add = bias != nullptr ? _mm512_maskz_loadu_ps(keep, bias + col) : _mm512_setzero_ps();
+        for (int64_t r = 0; r < valid; ++r) {
+          const __m512 v = _mm512_add_ps(_mm512_load_ps(acc + r * 64 + j * 16), add);
+          _mm256_mask_storeu_epi16(out + (r0 + r) * N + col, keep, (__m256i)_mm512_cvtneps_pbh(v));
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+// x [..., K] (any float dtype, computed in bf16) @ W^T + b over pack_amx(W): [..., n] bf16
+// (n: W's own output count; -1: the packed width)
+at::Tensor linear_amx(const at::Tensor& x_in, const at::Tensor& packed, const Opt& b, int64_t n) {
+  TORCH_CHECK(amx_available(), "linear_amx: no AMX tile state on this CPU / kernel");
+  at::Tensor x = x_in.reshape({-1, x_in.size(-1)}).to(at::kBFloat16);
+  const int64_t K = packed.size(1) * 2, blocks = packed.size(0), N = n < 0 ? blocks * 16 : n;
+  TORCH_CHECK(x.size(1) <= K && K - x.size(1) < 32 && N <= blocks * 16 && N > blocks * 16 - 16,
+              "linear_amx: x has ", x.size(1), " features and ", N, " outputs; the packed weight ", K,
+              " and ", blocks * 16, " (padded)");
+  if (x.size(1) < K) x = at::constant_pad_nd(x, {0, K - x.size(1)});
+  x = x.contiguous();
+  const int64_t M = x.size(0);
+  const int64_t rows = M <= 16 ? M : 16;
+  if (M > 16 && M % 16 != 0) x = at::constant_pad_nd(x, {0, 0, 0, 16 - M % 16});  // whole chunks
+  at::Tensor out = at::empty({M, N}, x.options());
+  at::Tensor bias;
+  if (b.has_value() && b->defined()) bias = b->to(at::kFloat).contiguous();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr());
+  uint16_t* op = reinterpret_cast<uint16_t*>(out.data_ptr());
+  if (M == 0) return out;
+  at::parallel_for(0, (blocks + 3) / 4, 1, [&](int64_t g0, int64_t g1) {
+    amx_blocks(xp, M, rows, K, wp, g0 * 4, std::min(blocks, g1 * 4), bp, op, N);
+  });
+  auto shape = x_in.sizes().vec();
+  shape.back() = N;
+  return out.view(shape);
+}
+#else
+bool amx_available() { return false; }
+at::Tensor pack_amx(const at::Tensor&) { TORCH_CHECK(false, "built without AMX"); }
+at::Tensor linear_amx(const at::Tensor&, const at::Tensor&, const Opt&, int64_t) { TORCH_CHECK(false, "built without AMX"); }
+#endif
+
+// fast_decode._linear: mode 0 a plain weight, 1 one reordered for oneDNN, 2 one packed for AMX
+static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const Opt& b, int64_t mode) {
+  if (mode == 1) return packed_linear(x, w, b);
+  if (mode == 2) return linear_amx(x, w, b, -1);
   return at::linear(x.scalar_type() == w.scalar_type() ? x : x.to(w.scalar_type()), w, b);
 }
 
@@ -239,7 +373,7 @@ template <typename T> static T* ptr(const at::Tensor& t) { return reinterpret_ca
 template <typename H, typename X, typename C>
 static at::Tensor run(at::Tensor h, int64_t col, const at::Tensor& cos, const at::Tensor& sin,
                       const at::Tensor& mask, int64_t heads, int64_t kv, int64_t d, double scale,
-                      bool onednn, const std::vector<at::Tensor>& ln1, const std::vector<double>& eps1,
+                      int64_t mode, const std::vector<at::Tensor>& ln1, const std::vector<double>& eps1,
                       const std::vector<at::Tensor>& ln2, const std::vector<double>& eps2,
                       const std::vector<at::Tensor>& qkv_w, const std::vector<Opt>& qkv_b,
                       const std::vector<at::Tensor>& o_w, const std::vector<Opt>& o_b,
@@ -260,7 +394,7 @@ static at::Tensor run(at::Tensor h, int64_t col, const at::Tensor& cos, const at
     const int64_t cap = keys.size(2);
     rms_residual<H, X>(ptr<H>(h), delta.defined() ? ptr<X>(delta) : nullptr, ptr<H>(ln1[i]),
                        float(eps1[i]), ptr<X>(x), b, n);
-    at::Tensor qkv = linear(x, qkv_w[i], qkv_b[i], onednn);
+    at::Tensor qkv = linear(x, qkv_w[i], qkv_b[i], mode);
     rope_cache<X, H, C>(ptr<X>(qkv), ptr<H>(cos), ptr<H>(sin), ptr<float>(q), ptr<C>(keys),
                         ptr<C>(values), b, heads, kv, d, cap, col);
     auto attend = d == 64    ? attention<64, C, X>
@@ -270,12 +404,12 @@ static at::Tensor run(at::Tensor h, int64_t col, const at::Tensor& cos, const at
                              : attention<0, C, X>;
     attend(ptr<float>(q), ptr<C>(keys), ptr<C>(values), ptr<float>(mask), ptr<X>(attn), b, heads, kv, d,
            cap, t, float(scale));
-    at::Tensor o = linear(attn, o_w[i], o_b[i], onednn);
+    at::Tensor o = linear(attn, o_w[i], o_b[i], mode);
     rms_residual<H, X>(ptr<H>(h), ptr<X>(o), ptr<H>(ln2[i]), float(eps2[i]), ptr<X>(x), b, n);
-    at::Tensor gu = linear(x, gu_w[i], gu_b[i], onednn);
+    at::Tensor gu = linear(x, gu_w[i], gu_b[i], mode);
     at::Tensor act = at::empty({b, gu.size(1) / 2}, xopt);
     silu_mul<X>(ptr<X>(gu), ptr<X>(act), b, gu.size(1) / 2);
-    delta = linear(act, down_w[i], down_b[i], onednn);
+    delta = linear(act, down_w[i], down_b[i], mode);
   }
   if (delta.defined()) h.add_(delta);
   return h;
@@ -283,7 +417,7 @@ static at::Tensor run(at::Tensor h, int64_t col, const at::Tensor& cos, const at
 
 at::Tensor decode_layers(at::Tensor h, int64_t col, const at::Tensor& cos, const at::Tensor& sin,
                          const at::Tensor& mask, int64_t heads, int64_t kv, int64_t d, double scale,
-                         bool onednn, const std::vector<at::Tensor>& ln1, const std::vector<double>& eps1,
+                         int64_t mode, const std::vector<at::Tensor>& ln1, const std::vector<double>& eps1,
                          const std::vector<at::Tensor>& ln2, const std::vector<double>& eps2,
                          const std::vector<at::Tensor>& qkv_w, const std::vector<Opt>& qkv_b,
                          const std::vector<at::Tensor>& o_w, const std::vector<Opt>& o_b,
@@ -307,7 +441,7 @@ at::Tensor decode_layers(at::Tensor h, int64_t col, const at::Tensor& cos, const
                     ln2[i].is_contiguous() && keys_cache[i].size(0) == b && keys_cache[i].size(3) == d,
                 "decode_layers: layer ", i, ": norm weights in h's dtype, a [B, kv, T, head_dim] cache");
 #define ROLL_RUN(HT, XT, CT)                                                                        \
-  return run<HT, XT, CT>(h, col, c, s, m, heads, kv, d, scale, onednn, ln1, eps1, ln2, eps2, qkv_w, qkv_b, \
+  return run<HT, XT, CT>(h, col, c, s, m, heads, kv, d, scale, mode, ln1, eps1, ln2, eps2, qkv_w, qkv_b, \
                          o_w, o_b, gu_w, gu_b, down_w, down_b, keys_cache, values_cache, X)
   const bool hf = H == at::kFloat, xf = X == at::kFloat, cf = C == at::kFloat;
   if (hf && xf && cf) ROLL_RUN(float, float, float);
@@ -320,6 +454,10 @@ at::Tensor decode_layers(at::Tensor h, int64_t col, const at::Tensor& cos, const
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_layers", &decode_layers, "LeanDecoder._decode_layers, fused, in C++");
+  m.def("amx_available", &amx_available, "bf16 linears can run on AMX tiles here");
+  m.def("pack_amx", &pack_amx, "a [N, K] weight in the B-tile layout of linear_amx");
+  m.def("linear_amx", &linear_amx, "x @ W^T + b over pack_amx(W), in bf16 on AMX tiles", py::arg("x"),
+        py::arg("packed"), py::arg("bias"), py::arg("n") = -1);
 }
 """
 

@@ -136,21 +136,27 @@ def _fuse_bias(weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -
     return torch.cat(parts)
 
 
+PLAIN, ONEDNN, AMX = 0, 1, 2  # how the packed copies are laid out (LeanDecoder._mode)
+
+
 def _linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     packed: torch.Tensor | None,
-    onednn: bool = True,
+    mode: int = ONEDNN,
 ):
-    """F.linear, or the linear over a packed weight: reordered for oneDNN (``onednn``; bf16:
-    bitwise F.linear's result; float32: the same to float rounding, as oneDNN and MKL sum in
-    different orders), else a plain fused copy."""
+    """F.linear, or the linear over a packed weight: reordered for oneDNN (bf16: bitwise
+    F.linear's result; float32: the same to float rounding, as oneDNN and MKL sum in different
+    orders), in AMX tiles (bf16, bitwise oneDNN's; :mod:`roll.engines.decode_ext`), else a plain
+    fused copy."""
     if packed is None:
         return F.linear(x, weight, bias)
+    if mode == AMX:
+        return decode_ext.load().linear_amx(x, packed, bias, -1 if weight is None else weight.shape[0])
     if x.dtype != packed.dtype:  # under autocast: the weights were packed in autocast's dtype
         x = x.to(packed.dtype)
-    if not onednn:
+    if mode == PLAIN:
         return F.linear(x, packed, bias)
     out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
     return out.view(*x.shape[:-1], out.shape[-1])
@@ -170,6 +176,7 @@ class LeanDecoder:
     # models decode on plain fused copies.
     pack_min_hidden = 256
     use_ext = True  # decode steps on packed weights through roll.engines.decode_ext when it builds
+    use_amx = True  # bf16 packed weights in AMX tiles where the CPU has them (see amx())
 
     def __init__(self, model: torch.nn.Module) -> None:
         cfg, inner = model.config, model.model
@@ -186,6 +193,7 @@ class LeanDecoder:
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary cos/sin by position
         self._head_packed: torch.Tensor | None = None
         self._head_bias: torch.Tensor | None = None
+        self._mode = PLAIN  # how the packed copies are laid out (set by pack())
         self._onednn = False  # the packed copies are reordered for oneDNN (set by pack())
         self._ext_args: tuple = ()  # set by pack()
 
@@ -231,7 +239,7 @@ class LeanDecoder:
             pk, pb = p.packed, p.packed_bias
             x = _rms(h, p.ln1, p.eps1)
             if pk:
-                qkv = _linear(x, None, pb["qkv"], pk["qkv"], self._onednn)
+                qkv = _linear(x, None, pb["qkv"], pk["qkv"], self._mode)
                 q, k, v = qkv.split((q_width, kv_width, kv_width), dim=-1)
             else:
                 q, k, v = (
@@ -259,14 +267,14 @@ class LeanDecoder:
                     q.to(keys.dtype), keys, values, attn_mask=mask, scale=self.scale, enable_gqa=gqa
                 )
                 attn = attn.transpose(1, 2).reshape(b, s, -1).to(h.dtype)
-            h = h + _linear(attn, p.o_w, pb.get("o", p.o_b), pk.get("o"), self._onednn)
+            h = h + _linear(attn, p.o_w, pb.get("o", p.o_b), pk.get("o"), self._mode)
             x = _rms(h, p.ln2, p.eps2)
             if pk:
-                gate, up = _linear(x, None, pb["gate_up"], pk["gate_up"], self._onednn).chunk(2, dim=-1)
+                gate, up = _linear(x, None, pb["gate_up"], pk["gate_up"], self._mode).chunk(2, dim=-1)
             else:
                 gate, up = _linear(x, p.gate, p.gate_b, None), _linear(x, p.up, p.up_b, None)
             down_b = pb.get("down", p.down_b)
-            h = h + _linear(F.silu(gate) * up, p.down, down_b, pk.get("down"), self._onednn)
+            h = h + _linear(F.silu(gate) * up, p.down, down_b, pk.get("down"), self._mode)
         return h
 
     def _decode_layers(
@@ -289,9 +297,9 @@ class LeanDecoder:
             if ext is not None:
                 return ext.decode_layers(
                     h, col, cos, sin, mask, self.heads, self.kv_heads, self.head_dim, self.scale,
-                    self._onednn, *self._ext_args, state.keys, state.values,
+                    self._mode, *self._ext_args, state.keys, state.values,
                 )  # fmt: skip
-        b, dnn = h.shape[0], self._onednn
+        b, dnn = h.shape[0], self._mode
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
         qk_heads, half = heads + kv, d // 2
         for i, p in enumerate(self.layers):
@@ -317,7 +325,8 @@ class LeanDecoder:
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         bias = self.lm_bias if self._head_packed is None else self._head_bias
-        return _linear(_rms(h, self.norm, self.norm_eps), self.lm_head, bias, self._head_packed, self._onednn)
+        x = _rms(h, self.norm, self.norm_eps)
+        return _linear(x, self.lm_head, bias, self._head_packed, self._mode)
 
     def pack_dtype(self) -> torch.dtype | None:
         """The dtype to pack the weights in now (None: keep the plain matmuls). Under CPU autocast
@@ -346,16 +355,35 @@ class LeanDecoder:
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         )
 
+    def amx(self, dtype: torch.dtype) -> bool:
+        """bf16 packed copies go in AMX tiles (:func:`roll.engines.decode_ext` ``linear_amx``)
+        where the C++ loop runs, the CPU and kernel give AMX and every projection's shape fits
+        the tiles (decoder layers' outputs a multiple of 16; other widths are padded). Bitwise
+        oneDNN's results, with
+        weights read at 26-39 GB/s against oneDNN's 13-21 (SmolLM2 bf16, 8 rows, AMX Xeon: a
+        decode step 21 -> ~13 ms)."""
+        if not (self.use_amx and self.use_ext and dtype == torch.bfloat16 and self.can_pack()):
+            return False
+        weights = [w for layer in self.layers for ws, _ in layer.fused().values() for w in ws]
+        if any(w.shape[0] % 16 for w in weights):
+            return False
+        ext = decode_ext.load()
+        return ext is not None and ext.amx_available()
+
     def pack(self, rows: int, dtype: torch.dtype | None = None) -> None:
         """Pack every weight for ``rows``-row decode steps. Done again at each prefill (a read of
         the weights, ~5% of a 32-token generate): weights may have changed in place since, and
         not every in-place write (``param.data.copy_``) is visible to a version check."""
         dtype = dtype or self.lm_head.dtype
-        self._onednn = self.onednn()
+        self._mode = AMX if self.amx(dtype) else ONEDNN if self.onednn() else PLAIN
+        self._onednn = self._mode == ONEDNN
+        ext = decode_ext.load() if self._mode == AMX else None
 
         def packed(weights: list[torch.Tensor]) -> torch.Tensor:
             w = weights[0].detach() if len(weights) == 1 else torch.cat([x.detach() for x in weights])
             w = w.to(dtype)
+            if ext is not None:
+                return ext.pack_amx(w)
             return torch.ops.mkldnn._reorder_linear_weight(w, rows) if self._onednn else w.contiguous()
 
         with torch.no_grad():
@@ -383,7 +411,7 @@ class LeanDecoder:
         for layer in self.layers:
             layer.packed, layer.packed_bias = {}, {}
         self._head_packed = self._head_bias = None
-        self._onednn, self._ext_args = False, ()
+        self._onednn, self._mode, self._ext_args = False, PLAIN, ()
 
     # ------------------------------------------------------------------ public
     def prefill(

@@ -11,6 +11,7 @@ import torch
 
 from roll.engines import decode_ext
 from roll.engines.base import SamplingParams
+from roll.engines import fast_decode
 from roll.engines.fast_decode import LeanDecoder
 from roll.engines.hf_engine import HFInferEngine, left_pad
 from roll.engines.logprobs import position_ids_from_mask
@@ -188,3 +189,59 @@ def test_roll_decode_ext_0_turns_it_off(monkeypatch) -> None:
     assert not decode_ext.enabled() and decode_ext.load() is None
     monkeypatch.setenv("ROLL_DECODE_EXT", "1")
     assert decode_ext.enabled()
+
+
+def amx_ext():
+    ext = decode_ext.load()
+    assert ext is not None, decode_ext.failure()
+    if not ext.amx_available():
+        pytest.skip("this CPU (or its kernel) gives no AMX tiles; oneDNN's bf16 path is tested above")
+    return ext
+
+
+@pytest.mark.parametrize("rows", [1, 8, 16, 40])
+@pytest.mark.parametrize("n,k", [(3072, 576), (576, 1536), (111, 64), (48, 80)])
+def test_amx_linear_is_onednns_bf16_linear_bitwise(rows, n, k) -> None:
+    """linear_amx over pack_amx(W) gives what oneDNN's bf16 linear gives: bit for bit at decode
+    row counts (same 32-wide k steps, float32 sums, one rounding), to bf16 rounding for a
+    prefill-sized batch (several 16-row chunks, the last partial); widths that are not whole
+    tiles (padded), with and without a bias, from bf16 or float32 input."""
+    ext = amx_ext()
+    gen = torch.Generator().manual_seed(rows * n + k)
+    w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+    packed = ext.pack_amx(w)
+    for bias in (torch.randn(n, generator=gen).to(torch.bfloat16), None):
+        got = ext.linear_amx(x, packed, bias, n)
+        assert got.shape == (rows, n) and got.dtype == torch.bfloat16
+        onednn = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        want = torch.ops.mkldnn._linear_pointwise(x, onednn, bias, "none", [], "")
+        if rows <= 16:  # one row tile: oneDNN's k order; prefill-sized batches block k otherwise
+            assert torch.equal(got, want)
+        else:
+            torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=1e-2)
+        exact = x.float() @ w.float().T + (0 if bias is None else bias.float())
+        torch.testing.assert_close(got.float(), exact, rtol=2**-7, atol=1e-2)
+        assert torch.equal(ext.linear_amx(x.float(), packed, bias, n), got)  # autocast's input
+    with pytest.raises(RuntimeError, match="features"):
+        ext.linear_amx(torch.zeros(2, k + 32, dtype=torch.bfloat16), packed, None, n)
+
+
+def test_bf16_decoder_runs_on_amx_tiles_with_onednns_results() -> None:
+    """A bf16 model (and float32 master weights under bf16 autocast) decodes on AMX tiles where
+    the CPU has them: the same logits, bit for bit, as on oneDNN-reordered weights."""
+    amx_ext()
+    model, _ = tiny_model("qwen2", num_layers=3)  # vocabulary 111: lm_head padded to 112
+    for dtype, autocast in ((torch.bfloat16, False), (torch.float32, True)):
+        decoder = LeanDecoder(model.to(dtype))
+        decoder.pack_min_hidden = 0
+        tiles = forced_logits(decoder, PROMPTS, 6, use_ext=True, autocast=autocast)
+        assert decoder._mode == fast_decode.AMX
+        decoder.use_amx = False
+        reordered = forced_logits(decoder, PROMPTS, 6, use_ext=True, autocast=autocast)
+        assert decoder._mode == fast_decode.ONEDNN
+        for a, b in zip(tiles, reordered, strict=True):
+            assert torch.equal(a, b)
+    decoder.use_amx = True  # float32 weights without autocast stay on oneDNN (AMX is bf16 only)
+    forced_logits(decoder, PROMPTS, 2, use_ext=True)
+    assert decoder._mode == fast_decode.ONEDNN
