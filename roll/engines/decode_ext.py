@@ -189,7 +189,9 @@ at::Tensor linear_amx(const at::Tensor& x_in, const at::Tensor& packed, const Op
 #else
 bool amx_available() { return false; }
 at::Tensor pack_amx(const at::Tensor&) { TORCH_CHECK(false, "built without AMX"); }
-at::Tensor linear_amx(const at::Tensor&, const at::Tensor&, const Opt&, int64_t) { TORCH_CHECK(false, "built without AMX"); }
+at::Tensor linear_amx(const at::Tensor&, const at::Tensor&, const Opt&, int64_t) {
+  TORCH_CHECK(false, "built without AMX");
+}
 #endif
 
 // fast_decode._linear: mode 0 a plain weight, 1 one reordered for oneDNN, 2 one packed for AMX

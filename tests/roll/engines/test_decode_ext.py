@@ -9,9 +9,8 @@ import contextlib
 import pytest
 import torch
 
-from roll.engines import decode_ext
+from roll.engines import decode_ext, fast_decode
 from roll.engines.base import SamplingParams
-from roll.engines import fast_decode
 from roll.engines.fast_decode import LeanDecoder
 from roll.engines.hf_engine import HFInferEngine, left_pad
 from roll.engines.logprobs import position_ids_from_mask
