@@ -108,6 +108,20 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
+// stores rows r0.. (valid of them) of a [16, 64]-float accumulator block for columns from block b
+static inline void amx_store(const float* acc, int64_t valid, int64_t r0, int64_t b, int64_t nb,
+                             const float* bias, uint16_t* out, int64_t N, int64_t stride) {
+  for (int64_t j = 0; j < nb; ++j) {
+    const int64_t col = (b + j) * 16, lanes = std::min<int64_t>(16, N - col);
+    const __mmask16 keep = __mmask16((1u << lanes) - 1u);
+    const __m512 add = bias != nullptr ? _mm512_maskz_loadu_ps(keep, bias + col) : _mm512_setzero_ps();
+    for (int64_t r = 0; r < valid; ++r) {
+      const __m512 v = _mm512_add_ps(_mm512_load_ps(acc + r * stride + j * 16), add);
+      _mm256_mask_storeu_epi16(out + (r0 + r) * N + col, keep, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+  }
+}
+
 // out[r, 16b .. 16(b+nb)) for blocks b0..b1 and row chunks of `rows` (x padded to whole chunks):
 // tiles 0-3 accumulate four column blocks, 4 holds x's k step, 5-7 the weights' B tiles
 static void amx_blocks(const uint16_t* x, int64_t m, int64_t rows, int64_t K, const uint16_t* w,
@@ -142,15 +156,54 @@ static void amx_blocks(const uint16_t* x, int64_t m, int64_t rows, int64_t K, co
       if (nb > 1) _tile_stored(1, acc + 16, 256);
       if (nb > 2) _tile_stored(2, acc + 32, 256);
       if (nb > 3) _tile_stored(3, acc + 48, 256);
-      const int64_t valid = std::min<int64_t>(rows, m - r0);
-      for (int64_t j = 0; j < nb; ++j) {
-        const int64_t col = (b + j) * 16, lanes = std::min<int64_t>(16, N - col);
-        const __mmask16 keep = __mmask16((1u << lanes) - 1u);
-        const __m512 add = bias != nullptr ? _mm512_maskz_loadu_ps(keep, bias + col) : _mm512_setzero_ps();
-        for (int64_t r = 0; r < valid; ++r) {
-          const __m512 v = _mm512_add_ps(_mm512_load_ps(acc + r * 64 + j * 16), add);
-          _mm256_mask_storeu_epi16(out + (r0 + r) * N + col, keep, (__m256i)_mm512_cvtneps_pbh(v));
+      amx_store(acc, std::min<int64_t>(rows, m - r0), r0, b, nb, bias, out, N, 64);
+    }
+  }
+  _tile_release();
+}
+
+// more than 16 rows (x padded to whole 32-row pairs of chunks): a 2 x 2 block of accumulator
+// tiles (two 16-row chunks x two column blocks), so each weight tile loaded serves both chunks
+static void amx_blocks_2x2(const uint16_t* x, int64_t m, int64_t K, const uint16_t* w, int64_t b0,
+                           int64_t b1, const float* bias, uint16_t* out, int64_t N) {
+  TileConfig cfg{};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+  _tile_loadconfig(&cfg);
+  alignas(64) float acc[16 * 32];
+  const int64_t block = 16 * K;
+  for (int64_t b = b0; b < b1; b += 2) {
+    const bool two = b + 1 < b1;
+    const uint16_t* wb = w + b * block;
+    for (int64_t r0 = 0; r0 < m; r0 += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      const uint16_t* xr = x + r0 * K;
+      for (int64_t k = 0; k < K; k += 32) {
+        _tile_loadd(4, xr + k, K * 2);
+        _tile_loadd(5, xr + 16 * K + k, K * 2);
+        _tile_loadd(6, wb + k * 16, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        if (two) {
+          _tile_loadd(7, wb + block + k * 16, 64);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(3, 5, 7);
         }
+      }
+      for (int half = 0; half < 2; ++half) {
+        const int64_t start = r0 + 16 * half, valid = std::min<int64_t>(16, m - start);
+        if (valid <= 0) break;
+        if (half == 0) {
+          _tile_stored(0, acc, 128);
+          if (two) _tile_stored(1, acc + 16, 128);
+        } else {
+          _tile_stored(2, acc, 128);
+          if (two) _tile_stored(3, acc + 16, 128);
+        }
+        amx_store(acc, valid, start, b, two ? 2 : 1, bias, out, N, 32);
       }
     }
   }
@@ -169,8 +222,7 @@ at::Tensor linear_amx(const at::Tensor& x_in, const at::Tensor& packed, const Op
   if (x.size(1) < K) x = at::constant_pad_nd(x, {0, K - x.size(1)});
   x = x.contiguous();
   const int64_t M = x.size(0);
-  const int64_t rows = M <= 16 ? M : 16;
-  if (M > 16 && M % 16 != 0) x = at::constant_pad_nd(x, {0, 0, 0, 16 - M % 16});  // whole chunks
+  if (M > 16 && M % 32 != 0) x = at::constant_pad_nd(x, {0, 0, 0, 32 - M % 32});  // chunk pairs
   at::Tensor out = at::empty({M, N}, x.options());
   at::Tensor bias;
   if (b.has_value() && b->defined()) bias = b->to(at::kFloat).contiguous();
@@ -179,9 +231,15 @@ at::Tensor linear_amx(const at::Tensor& x_in, const at::Tensor& packed, const Op
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr());
   uint16_t* op = reinterpret_cast<uint16_t*>(out.data_ptr());
   if (M == 0) return out;
-  at::parallel_for(0, (blocks + 3) / 4, 1, [&](int64_t g0, int64_t g1) {
-    amx_blocks(xp, M, rows, K, wp, g0 * 4, std::min(blocks, g1 * 4), bp, op, N);
-  });
+  if (M <= 16) {
+    at::parallel_for(0, (blocks + 3) / 4, 1, [&](int64_t g0, int64_t g1) {
+      amx_blocks(xp, M, M, K, wp, g0 * 4, std::min(blocks, g1 * 4), bp, op, N);
+    });
+  } else {
+    at::parallel_for(0, (blocks + 1) / 2, 1, [&](int64_t g0, int64_t g1) {
+      amx_blocks_2x2(xp, M, K, wp, g0 * 2, std::min(blocks, g1 * 2), bp, op, N);
+    });
+  }
   auto shape = x_in.sizes().vec();
   shape.back() = N;
   return out.view(shape);

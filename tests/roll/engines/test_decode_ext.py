@@ -198,7 +198,7 @@ def amx_ext():
     return ext
 
 
-@pytest.mark.parametrize("rows", [1, 8, 16, 40])
+@pytest.mark.parametrize("rows", [1, 8, 16, 32, 40])
 @pytest.mark.parametrize("n,k", [(3072, 576), (576, 1536), (111, 64), (48, 80)])
 def test_amx_linear_is_onednns_bf16_linear_bitwise(rows, n, k) -> None:
     """linear_amx over pack_amx(W) gives what oneDNN's bf16 linear gives: bit for bit at decode
