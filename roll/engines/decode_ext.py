@@ -29,7 +29,7 @@ from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-VERSION = "roll_decode_v4"  # bump when SOURCE changes in a way the build cache would not notice
+VERSION = "roll_decode_v5"  # bump when SOURCE changes in a way the build cache would not notice
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math"]
 
 SOURCE = r"""
@@ -63,7 +63,8 @@ static at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w, const 
 // oneDNN's bf16 matmul at decode sizes (8 rows) reads weights at 13-21 GB/s here, much of it
 // per-call cost; these tiles stream them at 26-39 GB/s, with the same sums in the same order
 // (tdpbf16ps over 32-wide k steps, float32 accumulators, bias added in float32, rounded once to
-// bf16 nearest-even), so the result is bitwise oneDNN's (tests/roll/engines/test_decode_ext.py).
+// bf16 nearest-even): up to 16 rows the result is bitwise oneDNN's; above, where oneDNN blocks
+// k differently, equal to bf16 rounding (tests/roll/engines/test_decode_ext.py).
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -108,7 +109,8 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
-// stores rows r0.. (valid of them) of a [16, 64]-float accumulator block for columns from block b
+// rows r0 .. r0 + valid of out, columns of blocks b .. b + nb, from a float accumulator block
+// (`stride` floats a row): bias added in float32, rounded once to bf16, padding columns masked
 static inline void amx_store(const float* acc, int64_t valid, int64_t r0, int64_t b, int64_t nb,
                              const float* bias, uint16_t* out, int64_t N, int64_t stride) {
   for (int64_t j = 0; j < nb; ++j) {
@@ -122,14 +124,14 @@ static inline void amx_store(const float* acc, int64_t valid, int64_t r0, int64_
   }
 }
 
-// out[r, 16b .. 16(b+nb)) for blocks b0..b1 and row chunks of `rows` (x padded to whole chunks):
-// tiles 0-3 accumulate four column blocks, 4 holds x's k step, 5-7 the weights' B tiles
-static void amx_blocks(const uint16_t* x, int64_t m, int64_t rows, int64_t K, const uint16_t* w,
-                       int64_t b0, int64_t b1, const float* bias, uint16_t* out, int64_t N) {
-  // N: the output's true width (the last block may be partly padding)
+// up to 16 rows: out[:, 16b .. 16(b+nb)) for blocks b0..b1 (N: the output's true width, the
+// last block may be partly padding); tiles 0-3 accumulate four column blocks, 4 holds x's k
+// step, 5-7 the weights' B tiles
+static void amx_blocks(const uint16_t* x, int64_t m, int64_t K, const uint16_t* w, int64_t b0, int64_t b1,
+                       const float* bias, uint16_t* out, int64_t N) {
   TileConfig cfg{};
   cfg.palette = 1;
-  for (int t = 0; t < 5; ++t) cfg.rows[t] = uint8_t(rows), cfg.colsb[t] = 64;
+  for (int t = 0; t < 5; ++t) cfg.rows[t] = uint8_t(m), cfg.colsb[t] = 64;
   for (int t = 5; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
   _tile_loadconfig(&cfg);
   alignas(64) float acc[16 * 64];
@@ -137,27 +139,24 @@ static void amx_blocks(const uint16_t* x, int64_t m, int64_t rows, int64_t K, co
   for (int64_t b = b0; b < b1; b += 4) {
     const int64_t nb = std::min<int64_t>(4, b1 - b);
     const uint16_t* wb = w + b * block;
-    for (int64_t r0 = 0; r0 < m; r0 += rows) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      const uint16_t* xr = x + r0 * K;
-      for (int64_t k = 0; k < K; k += 32) {
-        _tile_loadd(4, xr + k, K * 2);
-        const uint16_t* wk = wb + k * 16;
-        _tile_loadd(5, wk, 64);
-        _tile_dpbf16ps(0, 4, 5);
-        if (nb > 1) { _tile_loadd(6, wk + block, 64); _tile_dpbf16ps(1, 4, 6); }
-        if (nb > 2) { _tile_loadd(7, wk + 2 * block, 64); _tile_dpbf16ps(2, 4, 7); }
-        if (nb > 3) { _tile_loadd(5, wk + 3 * block, 64); _tile_dpbf16ps(3, 4, 5); }
-      }
-      _tile_stored(0, acc, 256);
-      if (nb > 1) _tile_stored(1, acc + 16, 256);
-      if (nb > 2) _tile_stored(2, acc + 32, 256);
-      if (nb > 3) _tile_stored(3, acc + 48, 256);
-      amx_store(acc, std::min<int64_t>(rows, m - r0), r0, b, nb, bias, out, N, 64);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t k = 0; k < K; k += 32) {
+      _tile_loadd(4, x + k, K * 2);
+      const uint16_t* wk = wb + k * 16;
+      _tile_loadd(5, wk, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      if (nb > 1) { _tile_loadd(6, wk + block, 64); _tile_dpbf16ps(1, 4, 6); }
+      if (nb > 2) { _tile_loadd(7, wk + 2 * block, 64); _tile_dpbf16ps(2, 4, 7); }
+      if (nb > 3) { _tile_loadd(5, wk + 3 * block, 64); _tile_dpbf16ps(3, 4, 5); }
     }
+    _tile_stored(0, acc, 256);
+    if (nb > 1) _tile_stored(1, acc + 16, 256);
+    if (nb > 2) _tile_stored(2, acc + 32, 256);
+    if (nb > 3) _tile_stored(3, acc + 48, 256);
+    amx_store(acc, m, 0, b, nb, bias, out, N, 64);
   }
   _tile_release();
 }
@@ -233,7 +232,7 @@ at::Tensor linear_amx(const at::Tensor& x_in, const at::Tensor& packed, const Op
   if (M == 0) return out;
   if (M <= 16) {
     at::parallel_for(0, (blocks + 3) / 4, 1, [&](int64_t g0, int64_t g1) {
-      amx_blocks(xp, M, M, K, wp, g0 * 4, std::min(blocks, g1 * 4), bp, op, N);
+      amx_blocks(xp, M, K, wp, g0 * 4, std::min(blocks, g1 * 4), bp, op, N);
     });
   } else {
     at::parallel_for(0, (blocks + 1) / 2, 1, [&](int64_t g0, int64_t g1) {

@@ -148,8 +148,8 @@ def _linear(
 ):
     """F.linear, or the linear over a packed weight: reordered for oneDNN (bf16: bitwise
     F.linear's result; float32: the same to float rounding, as oneDNN and MKL sum in different
-    orders), in AMX tiles (bf16, bitwise oneDNN's; :mod:`roll.engines.decode_ext`), else a plain
-    fused copy."""
+    orders), in AMX tiles (bf16; bitwise oneDNN's up to 16 rows; :mod:`roll.engines.decode_ext`),
+    else a plain fused copy."""
     if packed is None:
         return F.linear(x, weight, bias)
     if mode == AMX:
@@ -194,7 +194,6 @@ class LeanDecoder:
         self._head_packed: torch.Tensor | None = None
         self._head_bias: torch.Tensor | None = None
         self._mode = PLAIN  # how the packed copies are laid out (set by pack())
-        self._onednn = False  # the packed copies are reordered for oneDNN (set by pack())
         self._ext_args: tuple = ()  # set by pack()
 
     @classmethod
@@ -299,12 +298,12 @@ class LeanDecoder:
                     h, col, cos, sin, mask, self.heads, self.kv_heads, self.head_dim, self.scale,
                     self._mode, *self._ext_args, state.keys, state.values,
                 )  # fmt: skip
-        b, dnn = h.shape[0], self._mode
+        b, mode = h.shape[0], self._mode
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
         qk_heads, half = heads + kv, d // 2
         for i, p in enumerate(self.layers):
             pk, pb = p.packed, p.packed_bias
-            qkv = _linear(_rms(h, p.ln1, p.eps1), None, pb["qkv"], pk["qkv"], dnn).view(b, qk_heads + kv, d)
+            qkv = _linear(_rms(h, p.ln1, p.eps1), None, pb["qkv"], pk["qkv"], mode).view(b, qk_heads + kv, d)
             qk = qkv[:, :qk_heads]
             # q * cos + rotate_half(q) * sin (out of place where dtypes promote, as under autocast)
             turned = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
@@ -317,10 +316,10 @@ class LeanDecoder:
             scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(self.scale) + mask
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
             attn = torch.matmul(probs, values).reshape(b, heads * d).to(h.dtype)
-            h = h + _linear(attn, None, pb["o"], pk["o"], dnn)
+            h = h + _linear(attn, None, pb["o"], pk["o"], mode)
             x = _rms(h, p.ln2, p.eps2)
-            gate, up = _linear(x, None, pb["gate_up"], pk["gate_up"], dnn).chunk(2, dim=-1)
-            h = h + _linear(F.silu(gate).mul_(up), None, pb["down"], pk["down"], dnn)
+            gate, up = _linear(x, None, pb["gate_up"], pk["gate_up"], mode).chunk(2, dim=-1)
+            h = h + _linear(F.silu(gate).mul_(up), None, pb["down"], pk["down"], mode)
         return h
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -344,6 +343,11 @@ class LeanDecoder:
         w = self.lm_head
         return w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu"
 
+    @property
+    def _onednn(self) -> bool:
+        """The packed copies are reordered for oneDNN (set by :meth:`pack`)."""
+        return self._mode == ONEDNN
+
     def onednn(self) -> bool:
         """The packed copies are also reordered for oneDNN's kernels (from ``pack_min_hidden``, on
         a torch with oneDNN). SmolLM2, 8 rows, 2-core EPYC: a float32 decode step 88 -> ~45 ms,
@@ -356,12 +360,11 @@ class LeanDecoder:
         )
 
     def amx(self, dtype: torch.dtype) -> bool:
-        """bf16 packed copies go in AMX tiles (:func:`roll.engines.decode_ext` ``linear_amx``)
-        where the C++ loop runs, the CPU and kernel give AMX and every projection's shape fits
-        the tiles (decoder layers' outputs a multiple of 16; other widths are padded). Bitwise
-        oneDNN's results, with
-        weights read at 26-39 GB/s against oneDNN's 13-21 (SmolLM2 bf16, 8 rows, AMX Xeon: a
-        decode step 21 -> ~13 ms)."""
+        """bf16 packed copies go in AMX tiles (``linear_amx`` of :mod:`roll.engines.decode_ext`)
+        where the C++ loop runs, the CPU and kernel give AMX and the decoder layers' output
+        widths are multiples of 16 (other widths, such as the vocabulary, are padded). At decode
+        row counts the results are bitwise oneDNN's, with weights read at 26-39 GB/s against
+        oneDNN's 13-21 (SmolLM2 bf16, 8 rows, AMX Xeon: a decode step 20.8 -> 15.5 ms)."""
         if not (self.use_amx and self.use_ext and dtype == torch.bfloat16 and self.can_pack()):
             return False
         weights = [w for layer in self.layers for ws, _ in layer.fused().values() for w in ws]
@@ -376,7 +379,6 @@ class LeanDecoder:
         not every in-place write (``param.data.copy_``) is visible to a version check."""
         dtype = dtype or self.lm_head.dtype
         self._mode = AMX if self.amx(dtype) else ONEDNN if self.onednn() else PLAIN
-        self._onednn = self._mode == ONEDNN
         ext = decode_ext.load() if self._mode == AMX else None
 
         def packed(weights: list[torch.Tensor]) -> torch.Tensor:
@@ -411,7 +413,7 @@ class LeanDecoder:
         for layer in self.layers:
             layer.packed, layer.packed_bias = {}, {}
         self._head_packed = self._head_bias = None
-        self._onednn, self._mode, self._ext_args = False, PLAIN, ()
+        self._mode, self._ext_args = PLAIN, ()
 
     # ------------------------------------------------------------------ public
     def prefill(
