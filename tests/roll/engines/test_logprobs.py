@@ -140,7 +140,7 @@ def test_bf16_training_pass_on_math_attention_matches_float32() -> None:
     resp_mask = mask[:, PROMPT:].float()
     chosen = []
     real = lp_mod._attention_backend
-    lp_mod_backend = lambda m: chosen.append(real(m)) or chosen[-1]  # noqa: E731
+    lp_mod_backend = lambda bf16_cpu: chosen.append(real(bf16_cpu)) or chosen[-1]  # noqa: E731
 
     def run(fn, autocast: bool):
         model.zero_grad()
@@ -162,5 +162,6 @@ def test_bf16_training_pass_on_math_attention_matches_float32() -> None:
         torch.testing.assert_close(g, w, atol=0.05, rtol=0.05)
     # forward-only passes and float32 keep the default kernels
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert type(real(model)).__name__ == "nullcontext"
-    assert type(real(model)).__name__ == "nullcontext"
+        assert lp_mod._bf16_on_cpu(model) and type(real(True)).__name__ == "nullcontext"
+    assert not lp_mod._bf16_on_cpu(model) and type(real(False)).__name__ == "nullcontext"
+    assert lp_mod._bf16_on_cpu(model.to(torch.bfloat16))
