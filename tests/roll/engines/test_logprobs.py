@@ -128,7 +128,7 @@ def test_length_buckets_minimise_padding_plus_overhead() -> None:
         assert cost(lengths, runs, overhead) == best
 
 
-def test_bf16_training_pass_on_math_attention_matches_float32() -> None:
+def test_bf16_training_pass_on_math_attention_matches_float32(monkeypatch) -> None:
     """A bf16 training pass on CPU runs attention on the math kernel (the flash backward is the
     slow one in bf16): left-padded prompts (query rows with no valid key) stay finite, and the
     log-probs and gradients match the float32 full forward to bf16 rounding."""
@@ -140,7 +140,6 @@ def test_bf16_training_pass_on_math_attention_matches_float32() -> None:
     resp_mask = mask[:, PROMPT:].float()
     chosen = []
     real = lp_mod._attention_backend
-    lp_mod_backend = lambda bf16_cpu: chosen.append(real(bf16_cpu)) or chosen[-1]  # noqa: E731
 
     def run(fn, autocast: bool):
         model.zero_grad()
@@ -149,11 +148,9 @@ def test_bf16_training_pass_on_math_attention_matches_float32() -> None:
         (logp * resp_mask).sum().backward()
         return logp.detach() * resp_mask, [p.grad.clone() for p in model.parameters()]
 
-    try:
-        lp_mod._attention_backend = lp_mod_backend
+    with monkeypatch.context() as patch:
+        patch.setattr(lp_mod, "_attention_backend", lambda bf16: chosen.append(real(bf16)) or chosen[-1])
         got = run(lambda: response_logprobs(model, ids, mask, RESPONSE, 1.0), autocast=True)
-    finally:
-        lp_mod._attention_backend = real
     assert chosen and type(chosen[0]).__name__ != "nullcontext"  # the math kernel was asked for
     want = run(lambda: full_forward(model, ids, mask, 1.0)[0], autocast=False)
     assert torch.isfinite(got[0]).all() and all(torch.isfinite(g).all() for g in got[1])
